@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both install on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= .demo
+
+.PHONY: install run demo-index test test-slow lint bench-quality bench-search clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Index the offline demo photos into $(DEMO) and serve the API on 127.0.0.1:8000.
+demo-index: install
+	$(BIN)/imagefinder demo-data $(DEMO)/photos
+	$(BIN)/imagefinder --home $(DEMO) index $(DEMO)/photos
+
+run: demo-index
+	$(BIN)/imagefinder --home $(DEMO) serve
+
+test: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check src tests bench
+
+# Dev benchmark (../shared/benchmarks): recall@1 etc. of the default encoder -> bench/results/.
+bench-quality: install
+	$(BIN)/python bench/dev_benchmark.py --out bench/results/dev_benchmark.json
+
+# POST /search latency against a real server on 127.0.0.1 -> bench/results/search_latency.json
+bench-search: install
+	$(BIN)/python bench/search_latency.py --out bench/results/search_latency.json
+
+clean:
+	rm -rf $(VENV) $(DEMO) .pytest_cache

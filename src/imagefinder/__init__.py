@@ -1,0 +1,3 @@
+"""ImageFinder: self-hosted reverse image search."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,67 @@
+"""The API's one error shape, `{"error": {"code", "message"}}`, and the map from ImageFinder's
+error types to HTTP status codes. The only place status codes are chosen."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from imagefinder.errors import (
+    CorruptImageError,
+    EncoderMismatchError,
+    ImageFinderError,
+    ImageTooLargeError,
+    UnknownIdError,
+    UnsupportedImageError,
+)
+
+# Most specific first: the first matching class decides.
+_STATUS: list[tuple[type[ImageFinderError], int, str]] = [
+    (ImageTooLargeError, 413, "image_too_large"),
+    (UnsupportedImageError, 415, "unsupported_image"),
+    (CorruptImageError, 400, "corrupt_image"),
+    (UnknownIdError, 404, "unknown_id"),
+    (EncoderMismatchError, 409, "encoder_mismatch"),
+]
+
+
+class ApiError(Exception):
+    """An error raised by a route itself (bad parameter, missing part), with its status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message)
+
+    @app.exception_handler(ImageFinderError)
+    async def _domain_error(_: Request, exc: ImageFinderError) -> JSONResponse:
+        for error_type, status, code in _STATUS:
+            if isinstance(exc, error_type):
+                return error_response(status, code, str(exc))
+        return error_response(400, "bad_request", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+            parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))

@@ -1,0 +1,209 @@
+"""The `imagefinder` command line: commands over the service. Exit codes live here only."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from imagefinder.config import Settings, StoreSettings
+from imagefinder.errors import ImageFinderError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj
+    return settings
+
+
+def _user_errors(function: F) -> F:
+    """Turn ImageFinder's errors into a one-line message and exit code 1, without a traceback."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except ImageFinderError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group()
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Data directory (default ~/.imagefinder or $IMAGEFINDER_HOME).",
+)
+@click.option(
+    "--store",
+    "store_path",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder of the index (default <home>/index or $IMAGEFINDER_STORE__PATH).",
+)
+@click.version_option(package_name="imagefinder")
+@click.pass_context
+def main(ctx: click.Context, home: Path | None, store_path: Path | None) -> None:
+    """ImageFinder: index a collection of images, then find the ones that look like a query."""
+    overrides: dict[str, Any] = {}
+    if home is not None:
+        overrides["home"] = home
+    settings = Settings(**overrides)
+    if store_path is not None:
+        settings = settings.model_copy(update={"store": StoreSettings(path=store_path)})
+    ctx.obj = settings
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@_user_errors
+def index(ctx: click.Context, path: Path, quiet: bool) -> None:
+    """Index a folder (recursively) or a CSV with columns url,id."""
+    from tqdm import tqdm
+
+    from imagefinder.sources import open_source
+    from imagefinder.wiring import build_service
+
+    settings = _settings(ctx)
+    source = open_source(path, settings.images.max_bytes)
+    service = build_service(settings)
+    try:
+        with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="indexing") as bar:
+            report = service.index(source, progress=bar.update)
+        count = service.count()
+    finally:
+        service.close()
+    for problem in report.problems:
+        label = "duplicate" if problem.get("duplicate") else "skipped"
+        click.echo(f"{label}: {problem['where']}: {problem['reason']}", err=True)
+    report_path = settings.store_dir / "last_index_report.json"
+    report_path.write_text(json.dumps(report.to_dict(), indent=1))
+    click.echo(
+        f"indexed {report.indexed}, unchanged {report.unchanged}, skipped {report.failed}, "
+        f"duplicates {report.duplicates} of {report.seen} seen in {report.seconds:.1f} s "
+        f"({report.images_per_s:.1f} images/s); the index holds {count} images"
+    )
+    click.echo(f"report: {report_path}")
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-k", "k", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+@_user_errors
+def search(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
+    """Print the k indexed images most similar to IMAGE, best first."""
+    from imagefinder.wiring import build_service
+
+    service = build_service(_settings(ctx))
+    try:
+        results = service.search_bytes(image.read_bytes(), k, str(image))
+        model = service.model
+    finally:
+        service.close()
+    if as_json:
+        payload = {
+            "model": {"name": model.name, "version": model.version},
+            "results": [r.to_dict() for r in results],
+        }
+        click.echo(json.dumps(payload, indent=1))
+        return
+    if not results:
+        click.echo("the index is empty")
+    for rank, result in enumerate(results, 1):
+        click.echo(f"{rank:>3}  {result.score:.4f}  {result.id}")
+
+
+@main.command()
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_context
+@_user_errors
+def remove(ctx: click.Context, ids: tuple[str, ...]) -> None:
+    """Remove images from the index by id."""
+    from imagefinder.wiring import open_store
+
+    store = open_store(_settings(ctx))
+    try:
+        removed = store.delete(list(ids))
+    finally:
+        store.close()
+    click.echo(f"removed {removed} of {len(ids)}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_user_errors
+def info(ctx: click.Context, as_json: bool) -> None:
+    """Show the index: image count, the encoder that built it, where it is stored."""
+    from imagefinder.wiring import open_store
+
+    settings = _settings(ctx)
+    store = open_store(settings)
+    try:
+        encoder = store.encoder_info
+        details = {
+            "images": store.count(),
+            "store": str(store.path),
+            "encoder": None
+            if encoder is None
+            else {"name": encoder.name, "version": encoder.version, "dim": encoder.dim,
+                  "preprocessing": encoder.preprocessing},
+        }
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(details, indent=1))
+        return
+    click.echo(f"images:  {details['images']}")
+    click.echo(f"store:   {details['store']}")
+    if encoder is None:
+        click.echo("encoder: none yet (empty index)")
+    else:
+        click.echo(f"encoder: {encoder.name} v{encoder.version}, {encoder.dim}-d ({encoder.preprocessing})")
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default 8000).")
+@click.pass_context
+@_user_errors
+def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the HTTP API. The model and the index load once, before the first request."""
+    import uvicorn
+
+    from imagefinder.api import create_app
+    from imagefinder.wiring import build_service
+
+    settings = _settings(ctx)
+    api = settings.api.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    service = build_service(settings)
+    app = create_app(service, api)
+    click.echo(f"ImageFinder: {service.count()} images, model {service.model.name} v{service.model.version}")
+    click.echo(f"Serving on http://{api.host}:{api.port}  (API docs: http://{api.host}:{api.port}/docs)")
+    click.echo(f"Try: curl -F file=@photo.jpg 'http://{api.host}:{api.port}/search?k=3'")
+    try:
+        uvicorn.run(app, host=api.host, port=api.port, log_level="info")
+    finally:
+        service.close()
+
+
+@main.command("demo-data")
+@click.argument("target", type=click.Path(file_okay=False, path_type=Path))
+def demo_data(target: Path) -> None:
+    """Write the offline demo collection (real photos shipped with scikit-image) to TARGET."""
+    from imagefinder.demo import write_demo_collection
+
+    written = write_demo_collection(target)
+    click.echo(f"wrote {len(written)} demo photos to {target}")

@@ -1,0 +1,77 @@
+"""Typed settings from environment variables (prefix `IMAGEFINDER_`, nested with `__`) and flags.
+
+Build one `Settings` at the entry point and pass it in; nothing reads a module-global instance.
+Every field has a description: `tests/test_config.py` checks that the README documents each one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ImageSettings(BaseModel):
+    max_pixels: int = Field(
+        60_000_000, ge=1, description="Refuse images with more pixels than this (decompression bombs)."
+    )
+    max_bytes: int = Field(
+        50 * 1024 * 1024, ge=1, description="Refuse image files or uploads larger than this many bytes."
+    )
+
+
+class StoreSettings(BaseModel):
+    path: Path | None = Field(
+        None, description="Folder of the embedded store; default `<home>/index`."
+    )
+
+
+class ApiSettings(BaseModel):
+    host: str = Field("127.0.0.1", description="Address `imagefinder serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `imagefinder serve` listens on.")
+    default_k: int = Field(3, ge=1, description="Results returned when a search names no k.")
+    max_k: int = Field(100, ge=1, description="Largest k a search may ask for.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEFINDER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    home: Path = Field(
+        Path("~/.imagefinder"),
+        description="Data directory: the index, cached ONNX models and reports live here.",
+    )
+    encoder: str = Field("efficientnet-lite0", description="Name of the image encoder.")
+    batch_size: int = Field(32, ge=1, le=1024, description="Images per encoder call when indexing.")
+    decode_workers: int = Field(
+        2, ge=1, le=64, description="Threads decoding and preprocessing images while indexing."
+    )
+    images: ImageSettings = Field(default_factory=ImageSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser()
+
+    @property
+    def store_dir(self) -> Path:
+        return (self.store.path or self.home_dir / "index").expanduser()
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.home_dir / "models"
+
+
+def env_var_names(model: type[BaseModel] = Settings, prefix: str = "IMAGEFINDER_") -> list[str]:
+    """All environment variables the settings read, e.g. `IMAGEFINDER_STORE__PATH`."""
+    names: list[str] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names.extend(env_var_names(annotation, f"{prefix}{name.upper()}__"))
+        else:
+            names.append(f"{prefix}{name.upper()}")
+    return names

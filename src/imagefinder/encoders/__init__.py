@@ -1,0 +1,22 @@
+"""Encoders: images -> float32 vectors. `build_encoder` is the one place that maps a name to one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagefinder.encoders.base import Encoder, EncoderInfo, embed_images
+from imagefinder.errors import ModelUnavailableError
+
+KNOWN_ENCODERS = ("efficientnet-lite0",)
+
+__all__ = ["KNOWN_ENCODERS", "Encoder", "EncoderInfo", "build_encoder", "embed_images"]
+
+
+def build_encoder(name: str, cache_dir: Path) -> Encoder:
+    if name in ("efficientnet-lite0", "default"):
+        from imagefinder.encoders.lite0 import lite0_encoder
+
+        return lite0_encoder(cache_dir)
+    raise ModelUnavailableError(
+        f"unknown encoder {name!r}; known: {', '.join(KNOWN_ENCODERS)}"
+    )

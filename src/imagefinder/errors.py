@@ -1,0 +1,60 @@
+"""One error type per failure. HTTP status codes live in `api.errors`, exit codes in `cli`."""
+
+from __future__ import annotations
+
+
+class ImageFinderError(Exception):
+    """Base of every error ImageFinder raises on purpose; its message is meant for a user."""
+
+
+class ImageError(ImageFinderError):
+    """An input that should be an image could not be used. Carries where it came from."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class CorruptImageError(ImageError):
+    """The bytes claim to be an image but do not decode (truncated, damaged)."""
+
+
+class UnsupportedImageError(ImageError):
+    """The bytes are not an image in a format we accept (text, HTML, PDF, SVG, ...)."""
+
+
+class ImageTooLargeError(ImageError):
+    """The image exceeds a configured limit (bytes or pixels); the limit is in the message."""
+
+    def __init__(self, source: str, reason: str, limit: int) -> None:
+        super().__init__(source, reason)
+        self.limit = limit
+
+
+class EncoderMismatchError(ImageFinderError):
+    """An index built by one encoder was opened with another."""
+
+
+class StoreVersionError(ImageFinderError):
+    """The store on disk was written by a newer, unknown schema version."""
+
+
+class UnknownIdError(ImageFinderError):
+    """An image id that the collection does not hold."""
+
+    def __init__(self, image_id: str) -> None:
+        super().__init__(f"no image with id {image_id!r} in the collection")
+        self.image_id = image_id
+
+
+class SourceError(ImageFinderError):
+    """A collection source (folder, CSV) cannot be read at all, e.g. a CSV without a url column."""
+
+
+class FetchError(ImageFinderError):
+    """One item of a source could not be fetched (missing file, HTTP error, timeout)."""
+
+
+class ModelUnavailableError(ImageFinderError):
+    """The encoder's weights or exported model cannot be found or built."""

@@ -1,0 +1,47 @@
+"""The store contract: vectors with ids and payloads; upsert, delete, search, count."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from imagefinder.encoders.base import EncoderInfo
+
+Payload = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    payload: Payload
+
+
+class VectorStore(Protocol):
+    @property
+    def encoder_info(self) -> EncoderInfo | None:
+        """The encoder the stored vectors came from; None for a new, empty store."""
+        ...
+
+    def bind_encoder(self, info: EncoderInfo) -> None:
+        """Record `info` on an empty store; on a non-empty one, raise `EncoderMismatchError`
+        unless it is the encoder that built it."""
+        ...
+
+    def upsert(
+        self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[Payload]
+    ) -> None: ...
+
+    def delete(self, ids: Sequence[str]) -> int: ...
+
+    def search(self, vector: NDArray[np.float32], k: int) -> list[Hit]: ...
+
+    def get(self, image_id: str) -> Payload | None: ...
+
+    def count(self) -> int: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,28 @@
+"""Build the real parts from `Settings`. The only place that knows which classes are the defaults."""
+
+from __future__ import annotations
+
+from imagefinder.config import Settings
+from imagefinder.encoders import build_encoder
+from imagefinder.images import ImageLimits
+from imagefinder.service import ImageFinder
+from imagefinder.stores.embedded import EmbeddedStore
+
+
+def image_limits(settings: Settings) -> ImageLimits:
+    return ImageLimits(max_pixels=settings.images.max_pixels, max_bytes=settings.images.max_bytes)
+
+
+def open_store(settings: Settings) -> EmbeddedStore:
+    return EmbeddedStore(settings.store_dir)
+
+
+def build_service(settings: Settings) -> ImageFinder:
+    encoder = build_encoder(settings.encoder, settings.model_cache_dir)
+    return ImageFinder(
+        encoder,
+        open_store(settings),
+        image_limits(settings),
+        batch_size=settings.batch_size,
+        decode_workers=settings.decode_workers,
+    )

@@ -1,0 +1,103 @@
+"""The HTTP API through FastAPI's test client, with the real encoder and real photos."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from imagefinder.api import create_app
+from imagefinder.config import ApiSettings
+from imagefinder.encoders.onnx_runtime import OnnxEncoder
+from imagefinder.images import ImageLimits
+from imagefinder.service import ImageFinder
+from imagefinder.sources import FolderSource
+from imagefinder.stores.embedded import EmbeddedStore
+from tests.factories import encode, gradient, png_bomb
+
+LIMITS = ImageLimits(max_pixels=20_000_000, max_bytes=3_000_000)
+
+
+@pytest.fixture(scope="module")
+def client(
+    tmp_path_factory: pytest.TempPathFactory, real_encoder: OnnxEncoder, photos: Path
+) -> Iterator[TestClient]:
+    store = EmbeddedStore(tmp_path_factory.mktemp("api-index"))
+    service = ImageFinder(real_encoder, store, LIMITS)
+    service.index(FolderSource(photos, LIMITS.max_bytes))
+    with TestClient(create_app(service, ApiSettings(max_k=10))) as test_client:
+        yield test_client
+    service.close()
+
+
+def assert_error(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    assert body["error"]["code"] == code and body["error"]["message"]
+    return body
+
+
+def test_search_returns_k_results_sorted(client: TestClient, photos: Path) -> None:
+    data = (photos / "chelsea.png").read_bytes()
+    response = client.post("/search", params={"k": 3}, files={"file": ("cat.png", data, "image/png")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == {"name": "efficientnet-lite0", "version": "1"}
+    results = body["results"]
+    assert len(results) == 3 and results[0]["id"] == "chelsea.png"
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+    assert results[0]["uri"].endswith("chelsea.png") and body["took_ms"] > 0
+
+
+def test_default_k_is_3(client: TestClient, photos: Path) -> None:
+    response = client.post("/search", files={"file": ("a.jpg", (photos / "rocket.jpg").read_bytes())})
+    assert len(response.json()["results"]) == 3
+
+
+def test_health(client: TestClient) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["images"] >= 12 and body["model"]["name"] == "efficientnet-lite0"
+
+
+def test_missing_file_is_422(client: TestClient) -> None:
+    assert_error(client.post("/search"), 422, "invalid_request")
+
+
+@pytest.mark.parametrize("k", [0, 11, -1])
+def test_bad_k_is_422(client: TestClient, k: int) -> None:
+    response = client.post("/search", params={"k": k}, files={"file": ("a.jpg", encode(gradient(1)))})
+    assert_error(response, 422, "invalid_request")
+
+
+def test_not_an_image_is_415(client: TestClient) -> None:
+    response = client.post("/search", files={"file": ("a.txt", b"just text", "text/plain")})
+    assert_error(response, 415, "unsupported_image")
+
+
+def test_corrupt_image_is_400(client: TestClient) -> None:
+    data = encode(gradient(4, (300, 200)))[:300]
+    assert_error(client.post("/search", files={"file": ("a.jpg", data)}), 400, "corrupt_image")
+
+
+def test_decompression_bomb_is_413_with_the_limit(client: TestClient) -> None:
+    body = assert_error(client.post("/search", files={"file": ("b.png", png_bomb())}), 413, "image_too_large")
+    assert "20000000" in body["error"]["message"]
+
+
+def test_oversized_upload_is_413(client: TestClient) -> None:
+    response = client.post("/search", files={"file": ("big.jpg", b"\xff\xd8" + b"0" * 3_200_000)})
+    assert_error(response, 413, "image_too_large")
+
+
+def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> None:
+    assert_error(client.get("/nope"), 404, "not_found")
+    assert_error(client.get("/search"), 405, "method_not_allowed")
+
+
+def test_openapi_documents_search(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert "/search" in spec["paths"] and "/health" in spec["paths"]

@@ -1,0 +1,67 @@
+"""The real default encoder (EfficientNet-Lite0 via ONNX Runtime) on real photographs."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagefinder.encoders.base import embed_images
+from imagefinder.encoders.lite0 import LITE0_INFO, ensure_lite0_onnx
+from imagefinder.encoders.onnx_runtime import OnnxEncoder
+from imagefinder.images import ImageLimits
+from imagefinder.service import ImageFinder
+from imagefinder.sources import FolderSource
+from imagefinder.stores.embedded import EmbeddedStore
+
+LIMITS = ImageLimits()
+
+
+def edited_copy(path: Path, edit: str) -> bytes:
+    image = Image.open(path).convert("RGB")
+    w, h = image.size
+    if edit == "crop":
+        image = image.crop((int(w * 0.08), int(h * 0.06), int(w * 0.95), int(h * 0.9)))
+    elif edit == "rotate":
+        image = image.rotate(7, resample=Image.Resampling.BICUBIC, expand=False, fillcolor=(0, 0, 0))
+    elif edit == "recompress":
+        image = image.resize((w // 2, h // 2))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=40 if edit == "recompress" else 85)
+    return buffer.getvalue()
+
+
+def test_vectors_are_unit_length_and_deterministic(real_encoder: OnnxEncoder, photos: Path) -> None:
+    images = [Image.open(p).convert("RGB") for p in sorted(photos.iterdir())[:4]]
+    first = embed_images(real_encoder, images)
+    again = embed_images(real_encoder, images[::-1])[::-1]
+    assert first.shape == (4, LITE0_INFO.dim) and first.dtype == np.float32
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(first, again, atol=1e-5)  # batch position does not matter
+    # Different photos get clearly different vectors.
+    assert float(first[0] @ first[1]) < 0.9
+
+
+def test_onnx_file_is_exported_once_and_reused(model_cache: Path, real_encoder: OnnxEncoder) -> None:
+    path = ensure_lite0_onnx(model_cache)
+    stamp = path.stat().st_mtime_ns
+    assert ensure_lite0_onnx(model_cache) == path and path.stat().st_mtime_ns == stamp
+    assert path.name == f"efficientnet-lite0-v{LITE0_INFO.version}.onnx"
+
+
+@pytest.mark.parametrize("edit", ["crop", "rotate", "recompress"])
+def test_edited_copy_finds_its_original_first(
+    tmp_path: Path, real_encoder: OnnxEncoder, photos: Path, edit: str
+) -> None:
+    service = ImageFinder(real_encoder, EmbeddedStore(tmp_path / "index"), LIMITS)
+    report = service.index(FolderSource(photos, LIMITS.max_bytes))
+    assert report.indexed == len(list(photos.iterdir())) and report.failed == 0
+    misses = []
+    for path in sorted(photos.iterdir()):
+        results = service.search_bytes(edited_copy(path, edit), k=3)
+        if results[0].id != path.name:
+            misses.append((path.name, [(r.id, round(r.score, 3)) for r in results]))
+    assert misses == []
