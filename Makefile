@@ -21,9 +21,11 @@ demo-index: install
 	$(BIN)/imagefinder --home $(DEMO) index $(DEMO)/photos
 
 run: demo-index
+	@echo "Ready: curl -F file=@$(DEMO)/photos/chelsea.png 'http://127.0.0.1:8000/search?k=3'"
 	$(BIN)/imagefinder --home $(DEMO) serve
 
 test: install
+	$(BIN)/ruff check src tests bench
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: install

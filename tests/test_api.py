@@ -88,9 +88,13 @@ def test_decompression_bomb_is_413_with_the_limit(client: TestClient) -> None:
     assert "20000000" in body["error"]["message"]
 
 
-def test_oversized_upload_is_413(client: TestClient) -> None:
-    response = client.post("/search", files={"file": ("big.jpg", b"\xff\xd8" + b"0" * 3_200_000)})
-    assert_error(response, 413, "image_too_large")
+@pytest.mark.parametrize("size", [3_000_100, 3_200_000])
+def test_oversized_upload_is_413(client: TestClient, size: int) -> None:
+    # 3_000_100 passes the Content-Length check (which allows for the multipart envelope) and is
+    # caught while reading the file; 3_200_000 is refused before the body is read.
+    response = client.post("/search", files={"file": ("big.jpg", b"\xff\xd8" + b"0" * size)})
+    body = assert_error(response, 413, "image_too_large")
+    assert "3000000" in body["error"]["message"]
 
 
 def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> None:
@@ -101,3 +105,25 @@ def test_unknown_route_and_method_use_the_error_shape(client: TestClient) -> Non
 def test_openapi_documents_search(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     assert "/search" in spec["paths"] and "/health" in spec["paths"]
+
+
+def test_a_large_upload_stays_in_memory(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starlette spools uploads over 1 MiB to a temporary file by default; ours must not."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    rolled: list[int] = []
+    original = tempfile.SpooledTemporaryFile.rollover
+
+    def spy(self: tempfile.SpooledTemporaryFile) -> None:  # type: ignore[type-arg]
+        rolled.append(1)
+        original(self)
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", spy)
+    noise = np.random.default_rng(0).integers(0, 255, (1000, 1200, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "JPEG", quality=95)
+    assert len(data) > 1024 * 1024
+    response = client.post("/search", files={"file": ("big.jpg", data, "image/jpeg")})
+    assert response.status_code == 200 and rolled == []

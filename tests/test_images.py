@@ -83,8 +83,13 @@ def test_truncated_jpeg_is_corrupt(cut: float) -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"hello, I am text", b"<html><body>not an image</body></html>", b"%PDF-1.4\n%...",
-     b'<svg xmlns="http://www.w3.org/2000/svg"></svg>', b"\xff\xd8\xff" + b"\x00" * 64],
+    [
+        b"hello, I am text",
+        b"<html><body>not an image</body></html>",
+        b"%PDF-1.4\n%...",
+        b'<svg xmlns="http://www.w3.org/2000/svg"></svg>',
+        b"\xff\xd8\xff" + b"\x00" * 64,
+    ],
 )
 def test_non_images_are_refused(data: bytes) -> None:
     with pytest.raises((UnsupportedImageError, CorruptImageError)):

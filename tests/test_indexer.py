@@ -87,7 +87,10 @@ def test_csv_source_reports_bad_and_duplicate_rows(tmp_path: Path, folder: Path)
     service, _ = make_service(tmp_path)
     report = service.index(CsvSource(csv_path, LIMITS.max_bytes))
     assert sorted(service.store.ids() if hasattr(service.store, "ids") else []) == [
-        "first", "fourth", "second"]
+        "first",
+        "fourth",
+        "second",
+    ]
     assert (report.indexed, report.duplicates, report.failed) == (3, 2, 2)
     wheres = [p["where"] for p in report.problems]
     assert "list.csv line 4" in wheres and "list.csv line 5" in wheres and "list.csv line 6" in wheres

@@ -50,8 +50,9 @@ def test_equal_scores_come_in_id_order(tmp_path: Path) -> None:
 
 def test_upsert_replaces_and_delete_removes(tmp_path: Path) -> None:
     store = open_bound(tmp_path)
-    store.upsert(["a", "b", "c"], np.vstack([vec(1, 0, 0, 0), vec(0, 1, 0, 0), vec(0, 0, 1, 0)]),
-                 [{"v": 1}, {}, {}])
+    store.upsert(
+        ["a", "b", "c"], np.vstack([vec(1, 0, 0, 0), vec(0, 1, 0, 0), vec(0, 0, 1, 0)]), [{"v": 1}, {}, {}]
+    )
     store.upsert(["a"], vec(0, 0, 0, 1), [{"v": 2}])
     assert store.count() == 3
     assert store.search(vec(0, 0, 0, 1)[0], k=1)[0].id == "a"

@@ -156,8 +156,12 @@ def info(ctx: click.Context, as_json: bool) -> None:
             "store": str(store.path),
             "encoder": None
             if encoder is None
-            else {"name": encoder.name, "version": encoder.version, "dim": encoder.dim,
-                  "preprocessing": encoder.preprocessing},
+            else {
+                "name": encoder.name,
+                "version": encoder.version,
+                "dim": encoder.dim,
+                "preprocessing": encoder.preprocessing,
+            },
         }
     finally:
         store.close()

@@ -22,9 +22,7 @@ class ImageSettings(BaseModel):
 
 
 class StoreSettings(BaseModel):
-    path: Path | None = Field(
-        None, description="Folder of the embedded store; default `<home>/index`."
-    )
+    path: Path | None = Field(None, description="Folder of the embedded store; default `<home>/index`.")
 
 
 class ApiSettings(BaseModel):
@@ -35,9 +33,7 @@ class ApiSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="IMAGEFINDER_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="IMAGEFINDER_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(
         Path("~/.imagefinder"),

@@ -63,8 +63,7 @@ def decode_image(
         # Pillow refuses more than 2 x Image.MAX_IMAGE_PIXELS already while reading the header.
         raise ImageTooLargeError(
             source,
-            f"image has more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, "
-            f"limit is {limits.max_pixels}",
+            f"image has more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels, limit is {limits.max_pixels}",
             limits.max_pixels,
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:
@@ -112,9 +111,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
             pixels = (pixels - low) * (255.0 / (high - low)) if high > low else pixels * 0
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
         mode = "L"
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in image.info
-    )
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -95,7 +95,8 @@ def create_app(service: ImageFinder, settings: ApiSettings) -> FastAPI:
         # Refuse by the declared length before the body is read at all.
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > max_bytes + _MULTIPART_OVERHEAD:
-            return error_response(413, "image_too_large", f"request body exceeds the limit of {max_bytes} bytes")
+            message = f"request body exceeds the limit of {max_bytes} bytes"
+            return error_response(413, "image_too_large", message)
         return await call_next(request)
 
     return app

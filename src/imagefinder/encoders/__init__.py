@@ -17,6 +17,4 @@ def build_encoder(name: str, cache_dir: Path) -> Encoder:
         from imagefinder.encoders.lite0 import lite0_encoder
 
         return lite0_encoder(cache_dir)
-    raise ModelUnavailableError(
-        f"unknown encoder {name!r}; known: {', '.join(KNOWN_ENCODERS)}"
-    )
+    raise ModelUnavailableError(f"unknown encoder {name!r}; known: {', '.join(KNOWN_ENCODERS)}")

@@ -87,9 +87,7 @@ class EmbeddedStore:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def upsert(
-        self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[Payload]
-    ) -> None:
+    def upsert(self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[Payload]) -> None:
         if not (len(ids) == len(vectors) == len(payloads)):
             raise ValueError("ids, vectors and payloads differ in length")
         if len(set(ids)) != len(ids):
@@ -174,9 +172,7 @@ class EmbeddedStore:
             return {}
         marks = ",".join("?" * len(ids))
         with self._lock:
-            rows = self._db.execute(
-                f"SELECT id, payload FROM images WHERE id IN ({marks})", ids
-            ).fetchall()
+            rows = self._db.execute(f"SELECT id, payload FROM images WHERE id IN ({marks})", ids).fetchall()
         return {image_id: json.loads(payload) for image_id, payload in rows}
 
     def _put_in_memory(self, image_id: str, vector: NDArray[np.float32]) -> None:
@@ -216,9 +212,7 @@ class EmbeddedStore:
     def _check_schema_version(self) -> None:
         found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if found is None:
-            self._db.execute(
-                "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(found[0]) > SCHEMA_VERSION:
             raise StoreVersionError(
                 f"the index at {self.path.parent} has schema version {found[0]}, newer than this "

@@ -1,0 +1,115 @@
+"""Retrieval quality of the default configuration on the development benchmark.
+
+Indexes each task's collection into a temporary store through the same service the CLI uses,
+searches every query (returning the whole ranked collection, so mAP is exact), writes the ranked
+lists in the format of `../shared/benchmarks/score.py`, and scores them with that script.
+
+usage: python bench/dev_benchmark.py [--benchmarks ../shared/benchmarks] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from imagefinder.config import Settings
+from imagefinder.service import ImageFinder
+from imagefinder.sources import FolderSource
+from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import image_limits
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> dict[str, object]:
+    limits = service.limits
+    report = service.index(FolderSource(task_dir / "collection", limits.max_bytes))
+    queries = sorted((task_dir / "queries").iterdir())
+    k = service.count()
+    results_csv = work / f"{task_dir.name}_results.csv"
+    latencies = []
+    with open(results_csv, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["query_file", "rank", "collection_file", "score"])
+        for query in queries:
+            started = time.perf_counter()
+            results = service.search_bytes(query.read_bytes(), k, str(query))
+            latencies.append((time.perf_counter() - started) * 1000)
+            for rank, result in enumerate(results, 1):
+                writer.writerow([query.name, rank, result.id, f"{result.score:.6f}"])
+    scores_json = work / f"{task_dir.name}_scores.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(scorer),
+            "--gt",
+            str(task_dir / "ground_truth.csv"),
+            "--results",
+            str(results_csv),
+            "--json",
+            str(scores_json),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return {
+        "index": {key: value for key, value in report.to_dict().items() if key != "problems"},
+        "query_ms_median": round(statistics.median(latencies), 2),
+        "scores": json.loads(scores_json.read_text()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dev_benchmark.json")
+    args = parser.parse_args()
+    if not (args.benchmarks / "score.py").is_file():
+        sys.exit(f"no development benchmark at {args.benchmarks} (it lives in ../shared/benchmarks)")
+    settings = Settings()
+    from imagefinder.encoders import build_encoder
+
+    encoder = build_encoder(settings.encoder, settings.model_cache_dir)
+    output: dict[str, object] = {
+        "encoder": {
+            "name": encoder.info.name,
+            "version": encoder.info.version,
+            "preprocessing": encoder.info.preprocessing,
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "processor": platform.machine(),
+            "cpus": __import__("os").cpu_count(),
+        },
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for task in ("near_duplicate", "same_class"):
+            service = ImageFinder(
+                encoder,
+                EmbeddedStore(work / task),
+                image_limits(settings),
+                settings.batch_size,
+                settings.decode_workers,
+            )
+            output[task] = run_task(service, args.benchmarks / task, work, args.benchmarks / "score.py")
+            service.close()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(output, indent=1))
+    nd = output["near_duplicate"]["scores"]["overall"]  # type: ignore[index]
+    sc = output["same_class"]["scores"]["overall"]  # type: ignore[index]
+    print(f"near_duplicate: recall@1 {nd['recall@1']}  mAP {nd['mAP']}  uAP {nd.get('uAP')}")  # noqa: T201
+    print(f"same_class:     mAP {sc['mAP']}  precision@10 {sc['precision@10']}")  # noqa: T201
+    print(f"written to {args.out}")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

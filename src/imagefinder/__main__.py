@@ -1,0 +1,3 @@
+from imagefinder.cli import main
+
+main()

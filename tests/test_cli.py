@@ -1,0 +1,92 @@
+"""The real CLI as a subprocess over real photos: index, search, info, remove, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.factories import encode, gradient, png_bomb
+
+
+def run_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IMAGEFINDER_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "imagefinder", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, photos: Path, model_cache: Path) -> tuple[Path, Path]:
+    home = tmp_path_factory.mktemp("home")
+    shutil.copytree(model_cache, home / "models")  # reuse the session's ONNX export
+    collection = tmp_path_factory.mktemp("collection")
+    shutil.copytree(photos, collection / "photos")
+    (collection / "photos" / "broken.jpg").write_bytes(encode(gradient(1, (300, 300)))[:400])
+    (collection / "photos" / "bomb.png").write_bytes(png_bomb())
+    result = run_cli(home, "index", str(collection), "--quiet")
+    assert "skipped: " in result.stderr and "broken.jpg" in result.stderr and "bomb.png" in result.stderr
+    assert f"indexed {len(list(photos.iterdir()))}, unchanged 0, skipped 2" in result.stdout
+    return home, collection
+
+
+def test_search_json_lists_k_results_best_first(indexed: tuple[Path, Path], photos: Path) -> None:
+    home, _ = indexed
+    result = run_cli(home, "search", str(photos / "coffee.png"), "-k", "4", "--json")
+    body = json.loads(result.stdout)
+    ids = [r["id"] for r in body["results"]]
+    scores = [r["score"] for r in body["results"]]
+    assert len(ids) == 4 and ids[0] == "photos/coffee.png"
+    assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(1.0, abs=1e-4)
+    assert body["results"][0]["uri"].endswith("coffee.png")
+
+
+def test_search_table(indexed: tuple[Path, Path], photos: Path) -> None:
+    home, _ = indexed
+    lines = run_cli(home, "search", str(photos / "rocket.jpg")).stdout.splitlines()
+    assert len(lines) == 3 and lines[0].split()[0] == "1" and lines[0].split()[2] == "photos/rocket.jpg"
+
+
+def test_reindex_is_incremental(indexed: tuple[Path, Path]) -> None:
+    home, collection = indexed
+    result = run_cli(home, "index", str(collection), "--quiet")
+    assert "indexed 0, unchanged" in result.stdout
+    report = json.loads((home / "index" / "last_index_report.json").read_text())
+    assert report["indexed"] == 0 and report["failed"] == 2
+
+
+def test_info_and_remove(tmp_path: Path, indexed: tuple[Path, Path]) -> None:
+    home, _ = indexed
+    info = json.loads(run_cli(home, "info", "--json").stdout)
+    assert info["encoder"]["name"] == "efficientnet-lite0" and info["encoder"]["dim"] == 1280
+    # Work on a copy so the other tests keep the full index.
+    copy_home = tmp_path / "home"
+    shutil.copytree(home, copy_home)
+    assert "removed 1 of 2" in run_cli(copy_home, "remove", "photos/moon.png", "nope").stdout
+    assert json.loads(run_cli(copy_home, "info", "--json").stdout)["images"] == info["images"] - 1
+
+
+def test_search_with_a_bad_image_fails_cleanly(indexed: tuple[Path, Path], tmp_path: Path) -> None:
+    home, _ = indexed
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not really a jpeg")
+    result = run_cli(home, "search", str(bad), check=False)
+    assert result.returncode == 1
+    assert "not a recognised image format" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_index_of_a_missing_path_fails_cleanly(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "index", str(tmp_path / "nowhere"), check=False)
+    assert result.returncode == 2 and "does not exist" in result.stderr
