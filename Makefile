@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index test test-slow lint bench-quality bench-search clean
+.PHONY: install run demo-index test test-slow lint bench-quality bench-ingest bench-search clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ lint: install
 # Dev benchmark (../shared/benchmarks): recall@1 etc. of the default encoder -> bench/results/.
 bench-quality: install
 	$(BIN)/python bench/dev_benchmark.py --out bench/results/dev_benchmark.json
+
+# 2,000-row CSV over a local HTTP server: images/s, stage times, every row accounted for.
+bench-ingest: install
+	$(BIN)/python bench/ingest_csv.py --out bench/results/ingest_csv.json
 
 # POST /search latency against a real server on 127.0.0.1 -> bench/results/search_latency.json
 bench-search: install

@@ -37,8 +37,16 @@ def indexed(tmp_path_factory: pytest.TempPathFactory, photos: Path, model_cache:
     (collection / "photos" / "broken.jpg").write_bytes(encode(gradient(1, (300, 300)))[:400])
     (collection / "photos" / "bomb.png").write_bytes(png_bomb())
     result = run_cli(home, "index", str(collection), "--quiet")
-    assert "skipped: " in result.stderr and "broken.jpg" in result.stderr and "bomb.png" in result.stderr
-    assert f"indexed {len(list(photos.iterdir()))}, unchanged 0, skipped 2" in result.stdout
+    assert (
+        "corrupt: " in result.stderr
+        and "broken.jpg" in result.stderr
+        and "too_large: " in result.stderr
+        and "bomb.png" in result.stderr
+    )
+    assert (
+        f"indexed {len(list(photos.iterdir()))}, unchanged 0, skipped 2 (1 corrupt, 1 too_large)"
+        in result.stdout
+    )
     return home, collection
 
 

@@ -95,7 +95,7 @@ def test_csv_source_reports_bad_and_duplicate_rows(tmp_path: Path, folder: Path)
     wheres = [p["where"] for p in report.problems]
     assert "list.csv line 4" in wheres and "list.csv line 5" in wheres and "list.csv line 6" in wheres
     first = service.store.get("first")
-    assert first is not None and first["source"] == "shop"
+    assert first is not None and first["meta"] == {"source": "shop"}
 
 
 def test_csv_without_url_column_is_refused(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,34 +62,73 @@ def main(ctx: click.Context, home: Path | None, store_path: Path | None) -> None
 
 @main.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--prune/--no-prune",
+    default=None,
+    help="Remove images of this folder or CSV that are no longer listed "
+    "(default: on for folders, off for CSVs).",
+)
+@click.option("--refresh", is_flag=True, help="Download URLs again to catch changed content.")
+@click.option(
+    "--keep-files",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the originals in this folder, named by content hash.",
+)
+@click.option("--verbose", is_flag=True, help="Print each id once it is committed to the index.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_user_errors
-def index(ctx: click.Context, path: Path, quiet: bool) -> None:
-    """Index a folder (recursively) or a CSV with columns url,id."""
+def index(
+    ctx: click.Context,
+    path: Path,
+    prune: bool | None,
+    refresh: bool,
+    keep_files: Path | None,
+    verbose: bool,
+    quiet: bool,
+) -> None:
+    """Index a folder (recursively) or a CSV with columns url,id; re-runs are incremental."""
     from tqdm import tqdm
 
-    from imagefinder.sources import open_source
-    from imagefinder.wiring import build_service
+    from imagefinder.blobs import BlobStore
+    from imagefinder.sources import FolderSource, open_source
+    from imagefinder.wiring import build_fetcher, build_service
 
     settings = _settings(ctx)
-    source = open_source(path, settings.images.max_bytes)
+    source = open_source(path, settings.images.max_bytes, build_fetcher(settings, allow_private=True))
+    if prune is None:
+        prune = isinstance(source, FolderSource)
     service = build_service(settings)
+
+    def committed(ids: Sequence[str]) -> None:
+        for image_id in ids:
+            click.echo(f"indexed {image_id}")
+        sys.stdout.flush()
+
     try:
         with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="indexing") as bar:
-            report = service.index(source, progress=bar.update)
+            report = service.index(
+                source,
+                progress=bar.update,
+                on_commit=committed if verbose else None,
+                prune_source=source.name if prune else None,
+                refresh=refresh,
+                keep_files=BlobStore(keep_files) if keep_files else None,
+            )
         count = service.count()
     finally:
         service.close()
     for problem in report.problems:
-        label = "duplicate" if problem.get("duplicate") else "skipped"
-        click.echo(f"{label}: {problem['where']}: {problem['reason']}", err=True)
+        click.echo(f"{problem['category']}: {problem['where']}: {problem['reason']}", err=True)
     report_path = settings.store_dir / "last_index_report.json"
     report_path.write_text(json.dumps(report.to_dict(), indent=1))
+    failed = ", ".join(f"{n} {reason}" for reason, n in sorted(report.failed_by_reason.items()))
     click.echo(
-        f"indexed {report.indexed}, unchanged {report.unchanged}, skipped {report.failed}, "
-        f"duplicates {report.duplicates} of {report.seen} seen in {report.seconds:.1f} s "
-        f"({report.images_per_s:.1f} images/s); the index holds {count} images"
+        f"indexed {report.indexed}, unchanged {report.unchanged}, skipped {report.failed}"
+        f"{f' ({failed})' if failed else ''}, duplicates {report.duplicates}, "
+        f"pruned {report.pruned}{'' if prune else ' (pruning off)'} of {report.seen} seen "
+        f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s); "
+        f"the index holds {count} images"
     )
     click.echo(f"report: {report_path}")
 

@@ -21,6 +21,14 @@ class ImageSettings(BaseModel):
     )
 
 
+class FetchSettingsModel(BaseModel):
+    workers: int = Field(8, ge=1, le=256, description="Concurrent downloads (and file reads) while indexing.")
+    timeout_s: float = Field(15.0, gt=0, description="Timeout of one HTTP request, in seconds.")
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries after a 5xx answer or a timeout (none after a 4xx)."
+    )
+
+
 class StoreSettings(BaseModel):
     path: Path | None = Field(None, description="Folder of the embedded store; default `<home>/index`.")
 
@@ -30,6 +38,10 @@ class ApiSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535, description="Port `imagefinder serve` listens on.")
     default_k: int = Field(3, ge=1, description="Results returned when a search names no k.")
     max_k: int = Field(100, ge=1, description="Largest k a search may ask for.")
+    allow_private_urls: bool = Field(
+        False,
+        description="Let API requests make the server fetch loopback, private and link-local URLs.",
+    )
 
 
 class Settings(BaseSettings):
@@ -45,6 +57,7 @@ class Settings(BaseSettings):
         2, ge=1, le=64, description="Threads decoding and preprocessing images while indexing."
     )
     images: ImageSettings = Field(default_factory=ImageSettings)
+    fetch: FetchSettingsModel = Field(default_factory=FetchSettingsModel)
     store: StoreSettings = Field(default_factory=StoreSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
@@ -59,6 +72,11 @@ class Settings(BaseSettings):
     @property
     def model_cache_dir(self) -> Path:
         return self.home_dir / "models"
+
+    @property
+    def files_dir(self) -> Path:
+        """Originals of images added through the API."""
+        return self.home_dir / "files"
 
 
 def env_var_names(model: type[BaseModel] = Settings, prefix: str = "IMAGEFINDER_") -> list[str]:

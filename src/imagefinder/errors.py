@@ -48,6 +48,18 @@ class UnknownIdError(ImageFinderError):
         self.image_id = image_id
 
 
+class InvalidIdError(ImageFinderError):
+    """An image id that cannot be used (empty, too long, control characters)."""
+
+
+class DuplicateImageError(ImageFinderError):
+    """The same bytes are already indexed under another id."""
+
+    def __init__(self, existing_id: str) -> None:
+        super().__init__(f"the same image is already indexed as {existing_id!r}")
+        self.existing_id = existing_id
+
+
 class SourceError(ImageFinderError):
     """A collection source (folder, CSV) cannot be read at all, e.g. a CSV without a url column."""
 

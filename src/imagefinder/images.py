@@ -29,6 +29,33 @@ class ImageLimits:
     max_bytes: int = 50 * 1024 * 1024
 
 
+# File signatures of the formats we accept, checked on the first bytes of a file or download.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format `head` (a file's first bytes, 12 or more when available) starts like,
+    or None when it is not one we accept."""
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            return name
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def looks_like_image(head: bytes) -> bool:
+    return sniff_format(head) is not None
+
+
 def content_hash(data: bytes) -> str:
     """SHA-256 of the file bytes: the identity used to find duplicate content."""
     return hashlib.sha256(data).hexdigest()

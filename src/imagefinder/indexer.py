@@ -1,15 +1,20 @@
-"""Indexing: source entries -> read, hash, decode, preprocess (in worker threads) -> batched
-encoder calls -> store upserts. Knows nothing of HTTP or the CLI.
+"""Indexing: source entries -> fetch/read, hash (many threads) -> decode, preprocess (a few
+threads) -> batched encoder calls -> store upserts. Knows nothing of HTTP or the CLI.
 
-Order is kept (results are consumed in submission order), so "first wins" for duplicate content
-is deterministic. In-flight work is bounded, so memory stays flat however large the source is.
+- Order is kept (results are consumed in submission order), so "first wins" for duplicate content
+  is deterministic; in-flight work is bounded, so memory stays flat however large the source is.
+- Incremental: an item whose stamp (file mtime and size) or URL matches what the store recorded is
+  not read again; one whose bytes hash to what the store holds is not embedded again.
+- Crash-safe: every batch is one store transaction, and `on_commit` is called only after it, so
+  whatever was reported as indexed survives a kill; a re-run picks up the rest.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,11 +23,20 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from imagefinder.blobs import BlobStore
 from imagefinder.encoders.base import Encoder
-from imagefinder.errors import FetchError, ImageError
+from imagefinder.errors import (
+    CorruptImageError,
+    FetchError,
+    ImageError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+)
 from imagefinder.images import ImageLimits, content_hash, decode_image
 from imagefinder.sources import SkippedRow, SourceEntry, SourceItem
 from imagefinder.stores.base import VectorStore
+
+STAGES = ("read", "decode", "embed", "write")
 
 
 @dataclass
@@ -32,10 +46,10 @@ class IndexReport:
     unchanged: int = 0
     duplicates: int = 0
     failed: int = 0
+    pruned: int = 0
+    failed_by_reason: Counter[str] = field(default_factory=Counter)
     problems: list[dict[str, str]] = field(default_factory=list)
-    stage_seconds: dict[str, float] = field(
-        default_factory=lambda: {"read": 0.0, "decode": 0.0, "embed": 0.0, "write": 0.0}
-    )
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     seconds: float = 0.0
 
     @property
@@ -49,11 +63,23 @@ class IndexReport:
             "unchanged": self.unchanged,
             "duplicates": self.duplicates,
             "failed": self.failed,
+            "pruned": self.pruned,
+            "failed_by_reason": dict(sorted(self.failed_by_reason.items())),
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 2),
+            # Summed over worker threads, so read + decode can exceed the wall-clock time.
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "problems": self.problems,
         }
+
+    def fail(self, where: str, category: str, reason: str) -> None:
+        self.failed += 1
+        self.failed_by_reason[category] += 1
+        self.problems.append({"where": where, "category": category, "reason": reason})
+
+    def duplicate(self, where: str, reason: str) -> None:
+        self.duplicates += 1
+        self.problems.append({"where": where, "category": "duplicate", "reason": reason})
 
 
 @dataclass(frozen=True)
@@ -64,6 +90,7 @@ class _Prepared:
     width: int
     height: int
     pixels: NDArray[np.float32]
+    kept: str | None
     read_s: float
     decode_s: float
 
@@ -77,7 +104,17 @@ class _Unchanged:
 @dataclass(frozen=True)
 class _Failed:
     item: SourceItem
+    category: str
     reason: str
+
+
+_Outcome = _Prepared | _Unchanged | _Failed
+
+_CATEGORIES: list[tuple[type[Exception], str]] = [
+    (ImageTooLargeError, "too_large"),
+    (UnsupportedImageError, "not_an_image"),
+    (CorruptImageError, "corrupt"),
+]
 
 
 class Indexer:
@@ -87,98 +124,126 @@ class Indexer:
         store: VectorStore,
         limits: ImageLimits,
         batch_size: int = 32,
-        workers: int = 2,
+        decode_workers: int = 2,
+        fetch_workers: int = 8,
     ) -> None:
         store.bind_encoder(encoder.info)
         self._encoder = encoder
         self._store = store
         self._limits = limits
         self._batch_size = batch_size
-        self._workers = workers
+        self._fetch_workers = max(fetch_workers, decode_workers)
+        # Downloads wait on the network, decoding on the CPU: many fetch threads, few decoders.
+        self._decode_slots = threading.BoundedSemaphore(decode_workers)
 
     def index(
-        self, entries: Iterable[SourceEntry], progress: Callable[[int], None] | None = None
+        self,
+        entries: Iterable[SourceEntry],
+        progress: Callable[[int], None] | None = None,
+        on_commit: Callable[[Sequence[str]], None] | None = None,
+        prune_source: str | None = None,
+        refresh: bool = False,
+        keep_files: BlobStore | None = None,
     ) -> IndexReport:
+        """Index `entries`. With `prune_source`, first remove the images recorded as coming from
+        that source whose item is no longer listed (deleted files). With `refresh`, download URLs
+        again even when the store already has them. With `keep_files`, keep the originals."""
         report = IndexReport()
         started = time.perf_counter()
+        if prune_source is not None:
+            entries = list(entries)
+            report.pruned = self._prune(prune_source, entries)
         seen_ids: set[str] = set()
         seen_hashes: dict[str, str] = {}
         batch: list[_Prepared] = []
-        pending: deque[Future[_Prepared | _Unchanged | _Failed]] = deque()
-        max_pending = self._batch_size * 2
+        pending: deque[Future[_Outcome]] = deque()
 
-        def consume(result: _Prepared | _Unchanged | _Failed) -> None:
-            if isinstance(result, _Failed):
-                report.failed += 1
-                report.problems.append({"where": result.item.uri, "reason": result.reason})
-            elif result.hash in seen_hashes:
-                report.duplicates += 1
-                report.problems.append(
-                    {
-                        "where": result.item.uri,
-                        "reason": f"same content as {seen_hashes[result.hash]!r}",
-                        "duplicate": "true",
-                    }
-                )
-            else:
-                seen_hashes[result.hash] = result.item.id
-                if isinstance(result, _Unchanged):
-                    report.unchanged += 1
-                else:
-                    report.stage_seconds["read"] += result.read_s
-                    report.stage_seconds["decode"] += result.decode_s
-                    batch.append(result)
-                    if len(batch) >= self._batch_size:
-                        self._flush(batch, report)
+        def tick() -> None:
             if progress:
                 progress(1)
 
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="decode") as pool:
+        def consume(outcome: _Outcome) -> None:
+            item = outcome.item
+            if isinstance(outcome, _Failed):
+                report.fail(item.uri, outcome.category, outcome.reason)
+            elif outcome.hash in seen_hashes:
+                report.duplicate(item.uri, f"same content as {seen_hashes[outcome.hash]!r}")
+                self._forget_stale(item.id)
+            elif isinstance(outcome, _Unchanged):
+                seen_hashes[outcome.hash] = item.id
+                report.unchanged += 1
+            else:
+                existing = self._store.find_by_hash(outcome.hash)
+                if existing is not None and existing != item.id:
+                    report.duplicate(item.uri, f"same content as {existing!r}, already indexed")
+                    self._forget_stale(item.id)
+                else:
+                    seen_hashes[outcome.hash] = item.id
+                    report.stage_seconds["read"] += outcome.read_s
+                    report.stage_seconds["decode"] += outcome.decode_s
+                    batch.append(outcome)
+                    if len(batch) >= self._batch_size:
+                        self._flush(batch, report, on_commit)
+            tick()
+
+        with ThreadPoolExecutor(self._fetch_workers, thread_name_prefix="fetch") as pool:
             for entry in entries:
                 report.seen += 1
                 if isinstance(entry, SkippedRow):
-                    self._record_skip(entry, report)
-                    if progress:
-                        progress(1)
+                    if entry.duplicate:
+                        report.duplicate(entry.where, entry.reason)
+                    else:
+                        report.fail(entry.where, "invalid_row", entry.reason)
+                    tick()
                     continue
                 if entry.id in seen_ids:
-                    self._record_skip(
-                        SkippedRow(entry.uri, f"duplicate id {entry.id!r}", duplicate=True), report
-                    )
-                    if progress:
-                        progress(1)
+                    report.duplicate(entry.uri, f"duplicate id {entry.id!r}")
+                    tick()
                     continue
                 seen_ids.add(entry.id)
-                pending.append(pool.submit(self._prepare, entry))
-                while len(pending) >= max_pending:
+                pending.append(pool.submit(self._prepare, entry, refresh, keep_files))
+                while len(pending) >= max(2 * self._batch_size, 2 * self._fetch_workers):
                     consume(pending.popleft().result())
             while pending:
                 consume(pending.popleft().result())
-        self._flush(batch, report)
+        self._flush(batch, report, on_commit)
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prepare(self, item: SourceItem) -> _Prepared | _Unchanged | _Failed:
-        """Runs in a worker thread: read bytes, skip if unchanged, decode and preprocess."""
+    def _prepare(self, item: SourceItem, refresh: bool, keep: BlobStore | None) -> _Outcome:
+        """Runs in a worker thread: skip if unchanged, else read, hash, decode, preprocess."""
+        known = self._store.get(item.id)
+        if known is not None and known.get("uri") == item.uri and "hash" in known:
+            if item.stamp is not None and known.get("stamp") == item.stamp:
+                return _Unchanged(item, str(known["hash"]))
+            if item.remote and not refresh:
+                return _Unchanged(item, str(known["hash"]))
         t0 = time.perf_counter()
         try:
             data = item.read()
         except FetchError as exc:
-            return _Failed(item, str(exc))
+            return _Failed(item, "fetch", str(exc))
         digest = content_hash(data)
-        known = self._store.get(item.id)
         if known is not None and known.get("hash") == digest:
             return _Unchanged(item, digest)
         t1 = time.perf_counter()
         try:
-            image = decode_image(data, self._limits, item.uri, self._encoder.min_short_side)
-            pixels = self._encoder.preprocess(image)
+            with self._decode_slots:
+                image = decode_image(data, self._limits, item.uri, self._encoder.min_short_side)
+                pixels = self._encoder.preprocess(image)
         except ImageError as exc:
-            return _Failed(item, exc.reason)
+            category = next((c for t, c in _CATEGORIES if isinstance(exc, t)), "corrupt")
+            return _Failed(item, category, exc.reason)
+        kept = str(keep.put(data, digest)) if keep is not None else None
         t2 = time.perf_counter()
-        return _Prepared(item, digest, len(data), image.width, image.height, pixels, t1 - t0, t2 - t1)
+        return _Prepared(item, digest, len(data), image.width, image.height, pixels, kept, t1 - t0, t2 - t1)
 
-    def _flush(self, batch: list[_Prepared], report: IndexReport) -> None:
+    def _flush(
+        self,
+        batch: list[_Prepared],
+        report: IndexReport,
+        on_commit: Callable[[Sequence[str]], None] | None,
+    ) -> None:
         if not batch:
             return
         t0 = time.perf_counter()
@@ -186,9 +251,9 @@ class Indexer:
         t1 = time.perf_counter()
         now = datetime.now(UTC).isoformat(timespec="seconds")
         info = self._encoder.info
-        payloads = [
-            {
-                **p.item.extra,
+        payloads = []
+        for p in batch:
+            payload: dict[str, Any] = {
                 "uri": p.item.uri,
                 "hash": p.hash,
                 "bytes": p.size,
@@ -198,21 +263,35 @@ class Indexer:
                 "model": info.name,
                 "model_version": info.version,
             }
-            for p in batch
-        ]
-        self._store.upsert([p.item.id for p in batch], vectors, payloads)
+            if p.item.collection is not None:
+                payload["collection"] = p.item.collection
+            if p.item.meta:
+                payload["meta"] = dict(p.item.meta)
+            if p.item.stamp is not None:
+                payload["stamp"] = p.item.stamp
+            if p.kept is not None:
+                payload["file"] = p.kept
+            payloads.append(payload)
+        ids = [p.item.id for p in batch]
+        self._store.upsert(ids, vectors, payloads)
         report.stage_seconds["embed"] += t1 - t0
         report.stage_seconds["write"] += time.perf_counter() - t1
         report.indexed += len(batch)
         batch.clear()
+        if on_commit:
+            on_commit(ids)
 
-    @staticmethod
-    def _record_skip(entry: SkippedRow, report: IndexReport) -> None:
-        if entry.duplicate:
-            report.duplicates += 1
-        else:
-            report.failed += 1
-        problem = {"where": entry.where, "reason": entry.reason}
-        if entry.duplicate:
-            problem["duplicate"] = "true"
-        report.problems.append(problem)
+    def _prune(self, source: str, entries: list[SourceEntry]) -> int:
+        listed = {entry.id for entry in entries if isinstance(entry, SourceItem)}
+        stale = [
+            image_id
+            for image_id, payload in self._store.payload_items()
+            if payload.get("collection") == source and image_id not in listed
+        ]
+        return self._store.delete(stale) if stale else 0
+
+    def _forget_stale(self, image_id: str) -> None:
+        """An id whose new content duplicates another image no longer holds what was indexed
+        under it; drop the old vector rather than keep answering with it."""
+        if self._store.get(image_id) is not None:
+            self._store.delete([image_id])

@@ -1,22 +1,29 @@
-"""The use cases over the parts: index a source, search by image, remove, describe.
+"""The use cases over the parts: index a source, add or remove one image, search, describe.
 
-`ImageFinder` receives its parts (encoder, store) through its constructor; `wiring.build_service`
-builds the real ones from `Settings`. Nothing here knows HTTP or the CLI.
+`ImageFinder` receives its parts (encoder, store, fetcher, blob store) through its constructor;
+`wiring.build_service` builds the real ones from `Settings`. Nothing here knows HTTP or the CLI.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
+from imagefinder.blobs import BlobStore
 from imagefinder.encoders.base import Encoder, EncoderInfo
-from imagefinder.images import ImageLimits, decode_image
+from imagefinder.errors import DuplicateImageError, ImageFinderError, InvalidIdError, UnknownIdError
+from imagefinder.fetch import HttpFetcher
+from imagefinder.ids import id_problem
+from imagefinder.images import ImageLimits, content_hash, decode_image
 from imagefinder.indexer import Indexer, IndexReport
 from imagefinder.sources import SourceEntry
-from imagefinder.stores.base import Hit, VectorStore
+from imagefinder.stores.base import Hit, Payload, VectorStore
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,20 @@ class SearchResult:
         return {"id": self.id, "score": round(self.score, 6), "uri": self.uri}
 
 
+@dataclass(frozen=True)
+class AddResult:
+    id: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class FileLocation:
+    """Where the original of an image is: a local file to serve, or a URL to redirect to."""
+
+    path: Path | None = None
+    url: str | None = None
+
+
 class ImageFinder:
     def __init__(
         self,
@@ -37,20 +58,102 @@ class ImageFinder:
         limits: ImageLimits,
         batch_size: int = 32,
         decode_workers: int = 2,
+        fetch_workers: int = 8,
+        fetcher: HttpFetcher | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.encoder = encoder
         self.store = store
         self.limits = limits
-        self._indexer = Indexer(encoder, store, limits, batch_size, decode_workers)
+        self._fetcher = fetcher
+        self._blobs = blobs
+        self._indexer = Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers)
 
     @property
     def model(self) -> EncoderInfo:
         return self.encoder.info
 
+    # -- collections -----------------------------------------------------------------------
+
     def index(
-        self, entries: Iterable[SourceEntry], progress: Callable[[int], None] | None = None
+        self,
+        entries: Iterable[SourceEntry],
+        progress: Callable[[int], None] | None = None,
+        on_commit: Callable[[Sequence[str]], None] | None = None,
+        prune_source: str | None = None,
+        refresh: bool = False,
+        keep_files: BlobStore | None = None,
     ) -> IndexReport:
-        return self._indexer.index(entries, progress)
+        return self._indexer.index(entries, progress, on_commit, prune_source, refresh, keep_files)
+
+    # -- single images ---------------------------------------------------------------------
+
+    def add_bytes(
+        self,
+        data: bytes,
+        image_id: str | None = None,
+        uri: str | None = None,
+        meta: Mapping[str, str] | None = None,
+    ) -> AddResult:
+        """Add one image. Without an id, its content hash is the id. Adding bytes that are
+        already indexed returns the existing id when no id was asked for, and refuses otherwise."""
+        digest = content_hash(data)
+        image_id = image_id or digest
+        validate_id(image_id)
+        existing = self.store.find_by_hash(digest)
+        if existing is not None:
+            if existing == image_id:
+                return AddResult(existing, created=False)
+            raise DuplicateImageError(existing)
+        image = decode_image(data, self.limits, uri or image_id, self.encoder.min_short_side)
+        vector = self.encoder.embed_arrays(self.encoder.preprocess(image)[np.newaxis])
+        payload: dict[str, Any] = {
+            "collection": "api",
+            "hash": digest,
+            "bytes": len(data),
+            "width": image.width,
+            "height": image.height,
+            "added_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "model": self.model.name,
+            "model_version": self.model.version,
+        }
+        if meta:
+            payload["meta"] = dict(meta)
+        if self._blobs is not None:
+            payload["file"] = str(self._blobs.put(data, digest))
+        payload["uri"] = uri or payload.get("file", "")
+        created = self.store.get(image_id) is None
+        self.store.upsert([image_id], vector, [payload])
+        return AddResult(image_id, created)
+
+    def add_url(self, url: str, image_id: str | None = None) -> AddResult:
+        return self.add_bytes(self._fetch(url), image_id, uri=url)
+
+    def get(self, image_id: str) -> Payload:
+        payload = self.store.get(image_id)
+        if payload is None:
+            raise UnknownIdError(image_id)
+        return payload
+
+    def delete(self, image_id: str) -> None:
+        if self.store.delete([image_id]) == 0:
+            raise UnknownIdError(image_id)
+
+    def remove(self, ids: Sequence[str]) -> int:
+        return self.store.delete(ids)
+
+    def file_location(self, image_id: str) -> FileLocation:
+        payload = self.get(image_id)
+        for key in ("file", "uri"):
+            value = str(payload.get(key) or "")
+            if value and not urlparse(value).scheme and Path(value).is_file():
+                return FileLocation(path=Path(value))
+        uri = str(payload.get("uri") or "")
+        if urlparse(uri).scheme in ("http", "https"):
+            return FileLocation(url=uri)
+        raise UnknownIdError(image_id)  # indexed, but its original is gone
+
+    # -- search ----------------------------------------------------------------------------
 
     def search_bytes(self, data: bytes, k: int, source: str = "<upload>") -> list[SearchResult]:
         """Decode (at reduced scale when the format allows), embed once, search."""
@@ -59,14 +162,22 @@ class ImageFinder:
         vector = self.encoder.embed_arrays(pixels[np.newaxis])[0]
         return [_result(hit) for hit in self.store.search(vector, k)]
 
-    def remove(self, ids: Sequence[str]) -> int:
-        return self.store.delete(ids)
-
     def count(self) -> int:
         return self.store.count()
 
     def close(self) -> None:
         self.store.close()
+
+    def _fetch(self, url: str) -> bytes:
+        if self._fetcher is None:
+            raise ImageFinderError("this service fetches no URLs")
+        return self._fetcher.fetch(url)
+
+
+def validate_id(image_id: str) -> None:
+    problem = id_problem(image_id)
+    if problem:
+        raise InvalidIdError(problem)
 
 
 def _result(hit: Hit) -> SearchResult:

@@ -1,21 +1,23 @@
 """Collection sources: enumerate a folder or a CSV of `url,id` rows as items to index.
 
-A source yields `SourceItem`s (an id, where the image lives, and how to read its bytes) and
-`SkippedRow`s for rows it cannot use (missing id, duplicate id or url), so the indexer can report
-every one of them. Reading happens later, in the indexer's workers.
+A source yields `SourceItem`s (an id, where the image lives, how to read its bytes, and a cheap
+"stamp" that tells whether it changed since last time) and `SkippedRow`s for rows it cannot use
+(missing or malformed url or id, duplicate id or url), each with where it was. Reading happens
+later, in the indexer's workers.
 """
 
 from __future__ import annotations
 
 import csv
 import os
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from imagefinder.errors import FetchError, SourceError
+from imagefinder.fetch import FetchSettings, HttpFetcher
+from imagefinder.ids import id_problem
 from imagefinder.images import IMAGE_SUFFIXES
 
 
@@ -24,7 +26,13 @@ class SourceItem:
     id: str
     uri: str
     read: Callable[[], bytes]
-    extra: Mapping[str, str] = field(default_factory=dict)
+    # The user's own columns (a CSV's extra columns), kept apart from ours under "meta".
+    meta: Mapping[str, str] = field(default_factory=dict)
+    # Which folder or CSV the item came from, so a folder sync prunes only its own images.
+    collection: str | None = None
+    # Cheap change detector known before reading: "mtime_ns:size" for files; None for URLs.
+    stamp: str | None = None
+    remote: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,13 +55,25 @@ def read_file(path: Path, max_bytes: int) -> bytes:
         raise FetchError(f"{path}: {exc.strerror or exc}") from None
 
 
+def file_stamp(path: Path) -> str | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return f"{stat.st_mtime_ns}:{stat.st_size}"
+
+
 class FolderSource:
-    """Every image file under `root`, recursively, in a stable order. Id: path relative to root."""
+    """Every image file under `root`, recursively, in a stable order. Id: path relative to root.
+
+    `name` identifies the folder in payloads (`source`), so a sync can prune the images whose files
+    were deleted without touching images that came from elsewhere."""
 
     def __init__(self, root: Path, max_bytes: int) -> None:
         if not root.is_dir():
             raise SourceError(f"{root} is not a folder")
-        self.root = root
+        self.root = root.resolve()
+        self.name = str(self.root)
         self._max_bytes = max_bytes
 
     def __iter__(self) -> Iterator[SourceEntry]:
@@ -63,48 +83,13 @@ class FolderSource:
                 path = Path(dirpath) / name
                 if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
-                image_id = path.relative_to(self.root).as_posix()
                 yield SourceItem(
-                    image_id,
-                    str(path.resolve()),
+                    path.relative_to(self.root).as_posix(),
+                    str(path),
                     lambda path=path: read_file(path, self._max_bytes),
+                    collection=self.name,
+                    stamp=file_stamp(path),
                 )
-
-
-class HttpFetcher:
-    """GET a URL with a timeout, a size cap and retries (with backoff) on 5xx and timeouts."""
-
-    def __init__(self, max_bytes: int, timeout_s: float = 15.0, retries: int = 2) -> None:
-        import httpx
-
-        self._client = httpx.Client(timeout=timeout_s, follow_redirects=True)
-        self._max_bytes = max_bytes
-        self._retries = retries
-
-    def fetch(self, url: str) -> bytes:
-        import httpx
-
-        for attempt in range(self._retries + 1):
-            try:
-                with self._client.stream("GET", url) as response:
-                    if response.status_code >= 500 and attempt < self._retries:
-                        time.sleep(0.5 * 2**attempt)
-                        continue
-                    if response.status_code >= 400:
-                        raise FetchError(f"{url}: HTTP {response.status_code}")
-                    chunks: list[bytes] = []
-                    size = 0
-                    for chunk in response.iter_bytes():
-                        size += len(chunk)
-                        if size > self._max_bytes:
-                            raise FetchError(f"{url}: larger than the limit of {self._max_bytes} bytes")
-                        chunks.append(chunk)
-                    return b"".join(chunks)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                if attempt == self._retries:
-                    raise FetchError(f"{url}: {type(exc).__name__} {exc}".rstrip()) from None
-                time.sleep(0.5 * 2**attempt)
-        raise FetchError(f"{url}: failed after {self._retries + 1} attempts")
 
 
 class CsvSource:
@@ -116,6 +101,7 @@ class CsvSource:
 
     def __init__(self, path: Path, max_bytes: int, fetcher: HttpFetcher | None = None) -> None:
         self.path = path
+        self.name = str(path.resolve())
         self._max_bytes = max_bytes
         self._fetcher = fetcher
         try:
@@ -130,15 +116,16 @@ class CsvSource:
     def __iter__(self) -> Iterator[SourceEntry]:
         seen_ids: set[str] = set()
         seen_urls: set[str] = set()
-        with open(self.path, newline="", encoding="utf-8-sig") as handle:
+        with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as handle:
             reader = csv.DictReader(handle)
             reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
             for row in reader:
                 where = f"{self.path.name} line {reader.line_num}"
                 url = (row.get("url") or "").strip()
                 image_id = (row.get("id") or "").strip()
-                if not url or not image_id:
-                    yield SkippedRow(where, "empty url or id")
+                problem = _row_problem(url, image_id)
+                if problem:
+                    yield SkippedRow(where, problem)
                     continue
                 if image_id in seen_ids:
                     yield SkippedRow(where, f"duplicate id {image_id!r}", duplicate=True)
@@ -148,35 +135,55 @@ class CsvSource:
                     continue
                 seen_ids.add(image_id)
                 seen_urls.add(url)
-                extra = {k: v for k, v in row.items() if k not in ("url", "id") and k and v}
-                yield SourceItem(image_id, url, self._reader(url), extra)
+                meta = {
+                    key: value
+                    for key, value in row.items()
+                    if key and key not in ("url", "id") and isinstance(value, str) and value
+                }
+                yield self._item(image_id, url, meta)
 
-    def _reader(self, url: str) -> Callable[[], bytes]:
+    def _item(self, image_id: str, url: str, meta: dict[str, str]) -> SourceItem:
         scheme = urlparse(url).scheme.lower()
         if scheme in ("http", "https"):
-            if self._fetcher is None:
-                self._fetcher = HttpFetcher(self._max_bytes)
-            fetcher = self._fetcher
-            return lambda: fetcher.fetch(url)
-        if scheme == "file":
-            path = Path(unquote(urlparse(url).path))
-        elif scheme == "" or len(scheme) == 1:  # a plain path (or a Windows drive letter)
-            path = Path(url)
-            if not path.is_absolute():
-                path = self.path.parent / path
-        else:
-            return lambda: _raise(FetchError(f"{url}: unsupported url scheme {scheme!r}"))
-        return lambda: read_file(path, self._max_bytes)
+            fetcher = self._http()
+            return SourceItem(image_id, url, lambda: fetcher.fetch(url), meta, self.name, remote=True)
+        path = Path(unquote(urlparse(url).path)) if scheme == "file" else Path(url)
+        if not path.is_absolute():
+            path = self.path.parent / path
+        return SourceItem(
+            image_id,
+            str(path),
+            lambda: read_file(path, self._max_bytes),
+            meta,
+            self.name,
+            stamp=file_stamp(path),
+        )
+
+    def _http(self) -> HttpFetcher:
+        if self._fetcher is None:
+            self._fetcher = HttpFetcher(FetchSettings(max_bytes=self._max_bytes))
+        return self._fetcher
 
 
-def _raise(error: Exception) -> bytes:
-    raise error
+def _row_problem(url: str, image_id: str) -> str | None:
+    if not url or not image_id:
+        return "empty url or id"
+    problem = id_problem(image_id)
+    if problem:
+        return problem
+    parsed = urlparse(url)
+    scheme = parsed.scheme.lower()
+    if scheme in ("http", "https") and not parsed.hostname:
+        return f"malformed url {url!r} (no host)"
+    if scheme not in ("", "http", "https", "file") and len(scheme) != 1:  # 1: a Windows drive
+        return f"unsupported url scheme {scheme!r} in {url!r}"
+    return None
 
 
-def open_source(path: Path, max_bytes: int) -> FolderSource | CsvSource:
+def open_source(path: Path, max_bytes: int, fetcher: HttpFetcher | None = None) -> FolderSource | CsvSource:
     """A folder or a `.csv` file, by what `path` is."""
     if path.is_dir():
         return FolderSource(path, max_bytes)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return CsvSource(path, max_bytes)
+        return CsvSource(path, max_bytes, fetcher)
     raise SourceError(f"{path} is neither a folder nor a .csv file")

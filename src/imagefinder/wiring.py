@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from imagefinder.blobs import BlobStore
 from imagefinder.config import Settings
 from imagefinder.encoders import build_encoder
+from imagefinder.fetch import FetchSettings, HttpFetcher
 from imagefinder.images import ImageLimits
 from imagefinder.service import ImageFinder
 from imagefinder.stores.embedded import EmbeddedStore
@@ -17,6 +19,19 @@ def open_store(settings: Settings) -> EmbeddedStore:
     return EmbeddedStore(settings.store_dir)
 
 
+def build_fetcher(settings: Settings, allow_private: bool) -> HttpFetcher:
+    """Collections listed by the operator (CLI) may live on private hosts; URLs sent by API
+    clients may not, unless `api.allow_private_urls` says so (server-side request forgery)."""
+    return HttpFetcher(
+        FetchSettings(
+            max_bytes=settings.images.max_bytes,
+            timeout_s=settings.fetch.timeout_s,
+            retries=settings.fetch.retries,
+            allow_private=allow_private,
+        )
+    )
+
+
 def build_service(settings: Settings) -> ImageFinder:
     encoder = build_encoder(settings.encoder, settings.model_cache_dir)
     return ImageFinder(
@@ -25,4 +40,7 @@ def build_service(settings: Settings) -> ImageFinder:
         image_limits(settings),
         batch_size=settings.batch_size,
         decode_workers=settings.decode_workers,
+        fetch_workers=settings.fetch.workers,
+        fetcher=build_fetcher(settings, settings.api.allow_private_urls),
+        blobs=BlobStore(settings.files_dir),
     )

@@ -10,9 +10,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagefinder.errors import (
     CorruptImageError,
+    DuplicateImageError,
     EncoderMismatchError,
+    FetchError,
     ImageFinderError,
     ImageTooLargeError,
+    InvalidIdError,
     UnknownIdError,
     UnsupportedImageError,
 )
@@ -24,6 +27,9 @@ _STATUS: list[tuple[type[ImageFinderError], int, str]] = [
     (CorruptImageError, 400, "corrupt_image"),
     (UnknownIdError, 404, "unknown_id"),
     (EncoderMismatchError, 409, "encoder_mismatch"),
+    (DuplicateImageError, 409, "duplicate_image"),
+    (InvalidIdError, 422, "invalid_id"),
+    (FetchError, 422, "fetch_failed"),
 ]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -41,6 +41,14 @@ class VectorStore(Protocol):
     def search(self, vector: NDArray[np.float32], k: int) -> list[Hit]: ...
 
     def get(self, image_id: str) -> Payload | None: ...
+
+    def get_vector(self, image_id: str) -> NDArray[np.float32] | None: ...
+
+    def find_by_hash(self, content_hash: str) -> str | None:
+        """The id of an image whose payload has this content hash, if any."""
+        ...
+
+    def payload_items(self) -> Iterator[tuple[str, Payload]]: ...
 
     def count(self) -> int: ...
 

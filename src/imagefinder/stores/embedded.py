@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +28,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
     id TEXT PRIMARY KEY,
+    hash TEXT,
     vector BLOB NOT NULL,
     payload TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS images_hash ON images (hash);
 """
 
 
@@ -44,6 +46,8 @@ class EmbeddedStore:
         # power loss, not just a killed process; it costs one fsync per batch of images.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # Another process (the CLI indexing while a server runs) may hold the write lock briefly.
+        self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(_SCHEMA)
         self._check_schema_version()
         self._encoder = self._read_encoder_info()
@@ -51,6 +55,7 @@ class EmbeddedStore:
         self._rows: dict[str, int] = {}
         self._vectors = np.zeros((0, self._encoder.dim if self._encoder else 0), dtype=np.float32)
         self._load_vectors()
+        self._data_version = self._read_data_version()
 
     # -- encoder binding -------------------------------------------------------------------
 
@@ -100,9 +105,9 @@ class EmbeddedStore:
         with self._lock:
             with self._transaction():
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO images (id, vector, payload) VALUES (?, ?, ?)",
+                    "INSERT OR REPLACE INTO images (id, hash, vector, payload) VALUES (?, ?, ?, ?)",
                     [
-                        (image_id, vector.tobytes(), json.dumps(dict(payload)))
+                        (image_id, payload.get("hash"), vector.tobytes(), json.dumps(dict(payload)))
                         for image_id, vector, payload in zip(ids, vectors, payloads, strict=True)
                     ],
                 )
@@ -125,6 +130,7 @@ class EmbeddedStore:
 
     def search(self, vector: NDArray[np.float32], k: int) -> list[Hit]:
         with self._lock:
+            self._reload_if_changed_elsewhere()
             n = len(self._ids)
             if n == 0 or k < 1:
                 return []
@@ -145,6 +151,26 @@ class EmbeddedStore:
     def get(self, image_id: str) -> Payload | None:
         return self._payloads([image_id]).get(image_id)
 
+    def find_by_hash(self, content_hash: str) -> str | None:
+        """The id of an image with these exact bytes, if the store holds one."""
+        with self._lock:
+            row = self._db.execute("SELECT id FROM images WHERE hash = ? LIMIT 1", (content_hash,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def payload_items(self) -> Iterator[tuple[str, Payload]]:
+        """Every (id, payload), in pages, so a large store is not read into memory at once."""
+        last = ""
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, payload FROM images WHERE id > ? ORDER BY id LIMIT 1000", (last,)
+                ).fetchall()
+            if not rows:
+                return
+            for image_id, payload in rows:
+                yield image_id, json.loads(payload)
+            last = rows[-1][0]
+
     def get_vector(self, image_id: str) -> NDArray[np.float32] | None:
         with self._lock:
             row = self._rows.get(image_id)
@@ -156,6 +182,7 @@ class EmbeddedStore:
 
     def count(self) -> int:
         with self._lock:
+            self._reload_if_changed_elsewhere()
             return len(self._ids)
 
     def close(self) -> None:
@@ -197,6 +224,21 @@ class EmbeddedStore:
             self._rows[moved] = row
             self._vectors[row] = self._vectors[last]
         self._ids.pop()
+
+    def _read_data_version(self) -> int:
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _reload_if_changed_elsewhere(self) -> None:
+        """SQLite bumps `data_version` when another connection commits; then the in-memory
+        matrix is stale and is read again. Our own commits do not bump it."""
+        version = self._read_data_version()
+        if version == self._data_version:
+            return
+        self._data_version = version
+        self._encoder = self._read_encoder_info()
+        self._ids, self._rows = [], {}
+        self._vectors = np.zeros((0, self._encoder.dim if self._encoder else 0), dtype=np.float32)
+        self._load_vectors()
 
     def _load_vectors(self) -> None:
         rows = self._db.execute("SELECT id, vector FROM images").fetchall()

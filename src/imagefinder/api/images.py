@@ -1,0 +1,107 @@
+"""The collection's images: add (upload or URL), read metadata, fetch the original, delete.
+
+Ids may contain slashes (folder ids are relative paths), so routes take the id as a path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from imagefinder.api.deps import Service, read_limited
+from imagefinder.api.errors import ApiError
+from imagefinder.api.schemas import Added, AddUrl, ImageRecord
+
+router = APIRouter(prefix="/images", tags=["images"])
+
+_ADD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "id": {"type": "string", "description": "default: the content hash"},
+                    },
+                }
+            },
+            "application/json": {"schema": AddUrl.model_json_schema()},
+        },
+    }
+}
+
+
+@router.post(
+    "",
+    response_model=Added,
+    status_code=201,
+    summary="Add one image: a multipart upload (`file`, optional `id`) or JSON {url, id}",
+    openapi_extra=_ADD_BODY,
+    responses={
+        200: {"description": "Already indexed under this id"},
+        409: {"description": "The same bytes are indexed under another id"},
+    },
+)
+async def add_image(request: Request, response: Response, service: Service) -> Added:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "invalid_request", "file: a multipart part named 'file' is required")
+        data = await read_limited(upload.read, service.limits.max_bytes)
+        image_id = form.get("id")
+        result = await run_in_threadpool(
+            service.add_bytes, data, image_id if isinstance(image_id, str) and image_id else None
+        )
+    elif content_type.startswith("application/json"):
+        try:
+            body = AddUrl.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", _describe(exc)) from None
+        result = await run_in_threadpool(service.add_url, body.url, body.id)
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send multipart/form-data with a file, or application/json with a url",
+        )
+    if not result.created:
+        response.status_code = 200
+    return Added(id=result.id, created=result.created)
+
+
+@router.get(
+    "/{image_id:path}/file", summary="The original image (or a redirect to its URL)", response_class=Response
+)
+def image_file(image_id: str, service: Service) -> Response:
+    location = service.file_location(image_id)
+    if location.path is not None:
+        return FileResponse(location.path)
+    return RedirectResponse(str(location.url), status_code=307)
+
+
+@router.get("/{image_id:path}", response_model=ImageRecord, summary="Metadata of one image")
+def get_image(image_id: str, service: Service) -> ImageRecord:
+    return ImageRecord(id=image_id, payload=dict(service.get(image_id)))
+
+
+@router.delete(
+    "/{image_id:path}", status_code=204, summary="Remove one image from the index", response_class=Response
+)
+def delete_image(image_id: str, service: Service) -> Response:
+    service.delete(image_id)
+    return Response(status_code=204)
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}" for error in exc.errors()
+    )
