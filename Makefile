@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index test test-slow lint bench-quality bench-ingest bench-search clean
+.PHONY: install run demo-index test test-slow lint bench-quality bench-ingest bench-api bench-search clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench-quality: install
 # 2,000-row CSV over a local HTTP server: images/s, stage times, every row accounted for.
 bench-ingest: install
 	$(BIN)/python bench/ingest_csv.py --out bench/results/ingest_csv.json
+
+# POST /search under load: 1 and 8 clients, micro-batching off and on.
+bench-api: install
+	$(BIN)/python bench/api_load.py --out bench/results/api_load.json
 
 # POST /search latency against a real server on 127.0.0.1 -> bench/results/search_latency.json
 bench-search: install

@@ -66,6 +66,28 @@ class ImageServer:
             return _redirect(request, f"/img/{path[10:]}")
         if path == "/redirect-private":
             return _redirect(request, "http://10.1.2.3/a.jpg")
+        if path == "/trickle.jpg":  # a byte every 0.2 s, for ever (until the client gives up)
+            request.send_response(200)
+            request.send_header("Content-Type", "image/jpeg")
+            request.end_headers()
+            try:
+                request.wfile.write(b"\xff\xd8\xff")
+                for _ in range(200):
+                    time.sleep(0.2)
+                    request.wfile.write(b"\x00")
+                    request.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return None
+        if path == "/bad-gzip.jpg":
+            body = b"this is not gzip at all" * 10
+            request.send_response(200)
+            request.send_header("Content-Type", "image/jpeg")
+            request.send_header("Content-Encoding", "gzip")
+            request.send_header("Content-Length", str(len(body)))
+            request.end_headers()
+            request.wfile.write(body)
+            return None
         if path == "/loop":
             return _redirect(request, "/loop")
         if path == "/always500":

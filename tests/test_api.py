@@ -127,3 +127,14 @@ def test_a_large_upload_stays_in_memory(client: TestClient, monkeypatch: pytest.
     assert len(data) > 1024 * 1024
     response = client.post("/search", files={"file": ("big.jpg", data, "image/jpeg")})
     assert response.status_code == 200 and rolled == []
+
+
+def test_a_chunked_upload_over_the_limit_is_413(client: TestClient) -> None:
+    """No Content-Length (chunked transfer): the body is counted as it is read, and refused."""
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(64):
+            yield b"0" * 65536  # 4 MiB in all, over the 3 MB limit
+
+    response = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
+    assert_error(response, 413, "image_too_large")

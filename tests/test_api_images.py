@@ -61,7 +61,7 @@ def test_upload_is_searchable_at_once_and_served_back(client: TestClient) -> Non
     data = encode(gradient(77, (320, 240)))
     response = client.post("/images", files={"file": ("new.jpg", data, "image/jpeg")})
     assert response.status_code == 201, response.text
-    assert response.json() == {"id": content_hash(data), "created": True}
+    assert response.json() == {"id": content_hash(data), "created": True, "replaced": False}
     image_id = response.json()["id"]
     assert search_ids(client, data)[0] == image_id
     payload = client.get(f"/images/{image_id}").json()["payload"]
@@ -75,7 +75,11 @@ def test_upload_with_an_id_and_again(client: TestClient) -> None:
     first = client.post("/images", files={"file": ("a.jpg", data)}, data={"id": "shop/item 1"})
     assert first.status_code == 201 and first.json()["id"] == "shop/item 1"
     again = client.post("/images", files={"file": ("a.jpg", data)}, data={"id": "shop/item 1"})
-    assert again.status_code == 200 and again.json() == {"id": "shop/item 1", "created": False}
+    assert again.status_code == 200 and again.json() == {
+        "id": "shop/item 1",
+        "created": False,
+        "replaced": False,
+    }
     other = client.post("/images", files={"file": ("a.jpg", data)}, data={"id": "another"})
     assert other.status_code == 409 and other.json()["error"]["code"] == "duplicate_image"
     assert "shop/item 1" in other.json()["error"]["message"]
@@ -147,3 +151,12 @@ def test_private_urls_are_refused_by_default(
         response = guarded.post("/images", json={"url": server.url("/img/fresh.jpg")})
     assert response.status_code == 422 and "non-public address" in response.json()["error"]["message"]
     assert server.hits["/img/fresh.jpg"] == 0
+
+
+def test_re_adding_an_id_with_other_bytes_replaces_it(client: TestClient) -> None:
+    first = client.post("/images", files={"file": ("a.jpg", encode(gradient(91)))}, data={"id": "item"})
+    assert first.status_code == 201
+    second = client.post("/images", files={"file": ("a.jpg", encode(gradient(92)))}, data={"id": "item"})
+    assert second.status_code == 200
+    assert second.json() == {"id": "item", "created": False, "replaced": True}
+    assert search_ids(client, encode(gradient(92)))[0] == "item"

@@ -12,7 +12,7 @@ from tests.factories import encode, gradient
 from tests.http_server import ImageServer
 
 IMAGES = {f"p{i}.jpg": encode(gradient(i, (200, 150))) for i in range(3)}
-FAST = FetchSettings(max_bytes=1_000_000, timeout_s=0.5, retries=2, backoff_s=0.01)
+FAST = FetchSettings(max_bytes=1_000_000, timeout_s=2.0, retries=2, backoff_s=0.01)
 
 
 @pytest.fixture
@@ -102,3 +102,53 @@ def test_refuses_a_redirect_into_the_private_network(server: ImageServer) -> Non
 def test_refuses_other_schemes_and_hostless_urls(url: str) -> None:
     with pytest.raises(FetchError, match="only http and https"):
         HttpFetcher(FAST).fetch(url)
+
+
+def test_a_trickling_download_hits_the_overall_deadline(server: ImageServer) -> None:
+    fetcher = HttpFetcher(FetchSettings(timeout_s=1.0, total_timeout_s=0.6, retries=0))
+    with pytest.raises(FetchError, match="took longer than 0.6 s"):
+        fetcher.fetch(server.url("/trickle.jpg"))
+
+
+def test_a_broken_gzip_body_is_a_fetch_error(server: ImageServer) -> None:
+    with pytest.raises(FetchError, match="Decoding"):
+        HttpFetcher(FAST).fetch(server.url("/bad-gzip.jpg"))
+
+
+@pytest.mark.parametrize("url", ["http://[::1/a.jpg", "http://example.org:99999/a.jpg"])
+def test_unparsable_urls_are_fetch_errors(url: str) -> None:
+    with pytest.raises(FetchError):
+        HttpFetcher(FetchSettings(allow_private=False, retries=0)).fetch(url)
+
+
+def test_dns_rebinding_is_caught_at_the_connected_address(
+    server: ImageServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name resolves to a public address when checked, then to 127.0.0.1 when httpx connects:
+    the check of the connected peer refuses it before the body is read."""
+    import socket
+
+    real = socket.getaddrinfo
+    port = int(server.base.rsplit(":", 1)[1])
+    calls = {"n": 0}
+
+    def rebinding(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if host == "rebind.test":
+            calls["n"] += 1
+            address = "93.184.216.34" if calls["n"] == 1 else "127.0.0.1"
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    fetcher = HttpFetcher(FetchSettings(allow_private=False, retries=0))
+    with pytest.raises(FetchError, match="non-public address 127.0.0.1"):
+        fetcher.fetch(f"http://rebind.test:{port}/img/p0.jpg")
+    assert calls["n"] >= 2
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::a9fe:a9fe", "2002:7f00:1::", "::127.0.0.1", "::ffff:10.0.0.1"])
+def test_ipv6_forms_of_private_ipv4_are_refused(address: str) -> None:
+    fetcher = HttpFetcher(FetchSettings(allow_private=False))
+    with pytest.raises(FetchError, match="non-public"):
+        fetcher._check_address("http://x/", "x", address)
+    fetcher._check_address("http://x/", "x", "2606:4700::1111")  # a public IPv6 address passes

@@ -24,7 +24,7 @@ IMAGES["same-as-p0.jpg"] = IMAGES["p0.jpg"]
 
 @pytest.fixture
 def server() -> Iterator[ImageServer]:
-    with ImageServer(IMAGES, slow_s=2.0) as running:
+    with ImageServer(IMAGES, slow_s=5.0) as running:
         yield running
 
 
@@ -33,7 +33,7 @@ def service_at(path: Path) -> ImageFinder:
 
 
 def fetcher() -> HttpFetcher:
-    return HttpFetcher(FetchSettings(max_bytes=LIMITS.max_bytes, timeout_s=0.5, retries=1, backoff_s=0.01))
+    return HttpFetcher(FetchSettings(max_bytes=LIMITS.max_bytes, timeout_s=1.5, retries=1, backoff_s=0.01))
 
 
 def write_csv(path: Path, server: ImageServer) -> Path:
@@ -159,3 +159,99 @@ def test_unchanged_files_are_not_read_again(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(sources, "read_file", lambda path, limit: reads.append(path) or original(path, limit))
     report = service.index(FolderSource(folder, LIMITS.max_bytes))
     assert report.unchanged == 4 and reads == []
+
+
+def test_content_moving_between_ids_in_one_run_is_not_a_duplicate(tmp_path: Path) -> None:
+    """previous.jpg takes latest.jpg's old bytes while latest.jpg gets new ones: both are
+    indexed with their new content, nothing is reported as a duplicate."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "latest.jpg").write_bytes(IMAGES["p1.jpg"])
+    (folder / "previous.jpg").write_bytes(IMAGES["p2.jpg"])
+    service = service_at(tmp_path / "index")
+    service.index(FolderSource(folder, LIMITS.max_bytes))
+    (folder / "previous.jpg").write_bytes(IMAGES["p1.jpg"])
+    (folder / "latest.jpg").write_bytes(IMAGES["p3.jpg"])
+    report = service.index(FolderSource(folder, LIMITS.max_bytes))
+    assert (report.indexed, report.duplicates) == (2, 0), report.problems
+    assert service.search_bytes(IMAGES["p1.jpg"], k=1)[0].id == "previous.jpg"
+    assert service.search_bytes(IMAGES["p3.jpg"], k=1)[0].id == "latest.jpg"
+
+
+def test_odd_files_are_skipped_and_the_run_goes_on(tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "good.jpg").write_bytes(IMAGES["p1.jpg"])
+    latin1 = os.fsencode(str(folder)) + b"/caf\xe9.jpg"  # a name that is not UTF-8
+    with open(latin1, "wb") as handle:
+        handle.write(IMAGES["p2.jpg"])
+    os.mkfifo(folder / "pipe.jpg")  # would block a naive reader for ever
+    service = service_at(tmp_path / "index")
+    report = service.index(FolderSource(folder, LIMITS.max_bytes))
+    assert report.indexed == 1 and report.failed == 2
+    reasons = " | ".join(p["reason"] for p in report.problems)
+    assert "not valid UTF-8" in reasons and "not a regular file" in reasons
+
+
+def test_an_unreadable_subfolder_blocks_pruning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "top.jpg").write_bytes(IMAGES["p1.jpg"])
+    (folder / "sub" / "inner.jpg").write_bytes(IMAGES["p2.jpg"])
+    service = service_at(tmp_path / "index")
+    source = FolderSource(folder, LIMITS.max_bytes)
+    service.index(source, prune_source=source.name)
+    real_walk = os.walk
+
+    def walk_failing_on_sub(top, onerror=None, **kwargs):  # type: ignore[no-untyped-def]
+        # Tests run as root, for whom permissions do not fail: simulate an unreadable folder.
+        for dirpath, dirnames, filenames in real_walk(top, onerror=onerror, **kwargs):
+            if "sub" in dirnames:
+                dirnames.remove("sub")
+                onerror(PermissionError(13, "Permission denied", str(folder / "sub")))
+            yield dirpath, dirnames, filenames
+
+    monkeypatch.setattr("imagefinder.sources.os.walk", walk_failing_on_sub)
+    report = service.index(source, prune_source=source.name)
+    assert report.pruned == 0 and service.store.get("sub/inner.jpg") is not None
+    assert report.failed_by_reason == {"unreadable": 1}
+
+
+def test_moved_folder_and_edited_metadata_update_payloads_without_reembedding(
+    tmp_path: Path, server: ImageServer
+) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(IMAGES["p1.jpg"])
+    service = service_at(tmp_path / "index")
+    encoder = service.encoder
+    service.index(FolderSource(folder, LIMITS.max_bytes))
+    moved = folder.rename(tmp_path / "moved")
+    encoder.calls.clear()  # type: ignore[attr-defined]
+    report = service.index(FolderSource(moved, LIMITS.max_bytes))
+    assert report.unchanged == 1 and encoder.calls == []  # type: ignore[attr-defined]
+    payload = service.store.get("a.jpg")
+    assert payload is not None and payload["collection"] == str(moved.resolve())
+    assert payload["uri"] == str(moved.resolve() / "a.jpg")
+
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text(f"url,id,shop\n{server.url('/img/p3.jpg')},x,north\n")
+    service.index(CsvSource(csv_path, LIMITS.max_bytes, fetcher()))
+    csv_path.write_text(f"url,id,shop\n{server.url('/img/p3.jpg')},x,south\n")
+    again = service.index(CsvSource(csv_path, LIMITS.max_bytes, fetcher()))
+    assert again.unchanged == 1 and service.store.get("x")["meta"] == {"shop": "south"}  # type: ignore[index]
+
+
+def test_same_id_from_two_live_folders_is_a_clash_not_a_silent_replace(tmp_path: Path) -> None:
+    service = service_at(tmp_path / "index")
+    for name, image in (("one", "p1.jpg"), ("two", "p2.jpg")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.jpg").write_bytes(IMAGES[image])
+    service.index(FolderSource(tmp_path / "one", LIMITS.max_bytes))
+    report = service.index(FolderSource(tmp_path / "two", LIMITS.max_bytes))
+    assert report.failed_by_reason == {"id_clash": 1} and "already used" in report.problems[0]["reason"]
+    assert service.search_bytes(IMAGES["p1.jpg"], k=1)[0].id == "a.jpg"

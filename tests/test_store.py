@@ -110,3 +110,17 @@ def test_rejects_wrong_dimension_and_duplicate_ids(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="duplicate"):
         store.upsert(["a", "a"], np.vstack([vec(1, 0, 0, 0)] * 2), [{}, {}])
     assert store.count() == 0
+
+
+def test_a_second_process_sees_writes_of_the_first(tmp_path: Path) -> None:
+    """A server's store and the CLI's store on the same folder: reads, deletes and vector
+    lookups of one see what the other committed."""
+    writer = open_bound(tmp_path)
+    reader = EmbeddedStore(tmp_path)
+    writer.upsert(["a", "b"], np.vstack([vec(1, 0, 0, 0), vec(0, 1, 0, 0)]), [{}, {}])
+    assert reader.get_vector("a") is not None
+    assert reader.count() == 2 and sorted(reader.ids()) == ["a", "b"]
+    writer.upsert(["c"], vec(0, 0, 1, 0), [{}])
+    assert reader.delete(["c"]) == 1
+    assert writer.search(vec(0, 0, 1, 0)[0], k=1)[0].id != "c"
+    assert writer.count() == 2

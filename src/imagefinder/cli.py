@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -113,7 +114,7 @@ def index(
                 on_commit=committed if verbose else None,
                 prune_source=source.name if prune else None,
                 refresh=refresh,
-                keep_files=BlobStore(keep_files) if keep_files else None,
+                keep_files=BlobStore(keep_files.resolve()) if keep_files else None,
             )
         count = service.count()
     finally:
@@ -121,7 +122,10 @@ def index(
     for problem in report.problems:
         click.echo(f"{problem['category']}: {problem['where']}: {problem['reason']}", err=True)
     report_path = settings.store_dir / "last_index_report.json"
-    report_path.write_text(json.dumps(report.to_dict(), indent=1))
+    # Written whole or not at all: a kill while writing leaves the previous report.
+    partial = report_path.with_suffix(".json.tmp")
+    partial.write_text(json.dumps(report.to_dict(), indent=1))
+    os.replace(partial, report_path)
     failed = ", ".join(f"{n} {reason}" for reason, n in sorted(report.failed_by_reason.items()))
     click.echo(
         f"indexed {report.indexed}, unchanged {report.unchanged}, skipped {report.failed}"
@@ -221,25 +225,26 @@ def info(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @_user_errors
 def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve the HTTP API. The model and the index load once, before the first request."""
+    """Serve the HTTP API. It answers /health at once and loads the model and the index in the
+    background; /ready (and every search) answers 503 until they are loaded."""
+    import logging
+
     import uvicorn
 
     from imagefinder.api import create_app
-    from imagefinder.wiring import build_service
+    from imagefinder.wiring import build_service, image_limits
 
     settings = _settings(ctx)
     api = settings.api.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
-    service = build_service(settings)
-    app = create_app(service, api)
-    click.echo(f"ImageFinder: {service.count()} images, model {service.model.name} v{service.model.version}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(lambda: build_service(settings), api, image_limits(settings))
+    click.echo(f"ImageFinder: index {settings.store_dir}, encoder {settings.encoder}")
     click.echo(f"Serving on http://{api.host}:{api.port}  (API docs: http://{api.host}:{api.port}/docs)")
-    click.echo(f"Try: curl -F file=@photo.jpg 'http://{api.host}:{api.port}/search?k=3'")
-    try:
-        uvicorn.run(app, host=api.host, port=api.port, log_level="info")
-    finally:
-        service.close()
+    if api.host not in ("127.0.0.1", "localhost", "::1") and not api.api_keys:
+        click.echo("warning: listening beyond this machine with no API key: anyone can add and delete")
+    uvicorn.run(app, host=api.host, port=api.port, log_level="info")
 
 
 @main.command("demo-data")

@@ -7,9 +7,10 @@ Every field has a description: `tests/test_config.py` checks that the README doc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ImageSettings(BaseModel):
@@ -33,6 +34,16 @@ class StoreSettings(BaseModel):
     path: Path | None = Field(None, description="Folder of the embedded store; default `<home>/index`.")
 
 
+def _comma_list(value: object) -> object:
+    """Lists may be given in an environment variable as comma-separated text."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_comma_list)]
+
+
 class ApiSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address `imagefinder serve` binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `imagefinder serve` listens on.")
@@ -41,6 +52,19 @@ class ApiSettings(BaseModel):
     allow_private_urls: bool = Field(
         False,
         description="Let API requests make the server fetch loopback, private and link-local URLs.",
+    )
+    api_keys: CommaList = Field(
+        default_factory=list,
+        description="API keys (comma-separated); when set, writes need one in the X-API-Key header.",
+    )
+    keys_for_reads: bool = Field(False, description="Also require an API key for searches and reads.")
+    cors_origins: CommaList = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser (CORS)."
+    )
+    max_batch_files: int = Field(16, ge=1, description="Most images one POST /search/batch may carry.")
+    micro_batch: bool = Field(True, description="Embed concurrent queries together in one encoder call.")
+    micro_batch_wait_ms: float = Field(
+        2.0, ge=0, description="How long a query waits for others to share its encoder call."
     )
 
 

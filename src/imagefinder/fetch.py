@@ -31,6 +31,9 @@ class FetchSettings:
     retries: int = 2
     backoff_s: float = 0.5
     max_redirects: int = 5
+    # Whole-download deadline: `timeout_s` bounds each read, so a server trickling a byte every
+    # few seconds would otherwise hold a worker for ever.
+    total_timeout_s: float = 60.0
     allow_private: bool = True
     # Networks allowed even when allow_private is False, e.g. ("10.20.0.0/16",) for an intranet.
     allowed_networks: tuple[str, ...] = ()
@@ -60,6 +63,10 @@ class HttpFetcher:
                 if last:
                     reason = type(exc).__name__ + (f" {exc}" if str(exc) else "")
                     raise FetchError(f"{url}: {reason} (after {attempt + 1} attempts)") from None
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError, UnicodeError) as exc:
+                # A bad gzip body, an unparsable URL or port: the URL's fault, not worth a retry.
+                reason = type(exc).__name__ + (f" {exc}" if str(exc) else "")
+                raise FetchError(f"{url}: {reason}") from None
             time.sleep(settings.backoff_s * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -70,6 +77,7 @@ class HttpFetcher:
         for _ in range(self._settings.max_redirects + 1):
             self._check_target(url)
             with self._client.stream("GET", url) as response:
+                self._check_peer(url, response)
                 if response.status_code in _REDIRECTS and "location" in response.headers:
                     url = urljoin(url, response.headers["location"])
                     continue
@@ -91,7 +99,10 @@ class HttpFetcher:
         chunks: list[bytes] = []
         size = 0
         checked = False
+        deadline = time.monotonic() + self._settings.total_timeout_s
         for chunk in response.iter_bytes():
+            if time.monotonic() > deadline:
+                raise FetchError(f"{url}: download took longer than {self._settings.total_timeout_s} s")
             chunks.append(chunk)
             size += len(chunk)
             if size > self._settings.max_bytes:
@@ -121,14 +132,42 @@ class HttpFetcher:
             infos = socket.getaddrinfo(parsed.hostname, parsed.port or 443, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise FetchError(f"{url}: cannot resolve {parsed.hostname} ({exc.strerror})") from None
-        allowed = [ipaddress.ip_network(net) for net in self._settings.allowed_networks]
         for info in infos:
-            address = ipaddress.ip_address(info[4][0])
-            if not address.is_global and not any(address in net for net in allowed):
-                raise FetchError(
-                    f"{url}: {parsed.hostname} resolves to the non-public address {address}; "
-                    "fetching it is not allowed"
-                )
+            self._check_address(url, parsed.hostname, str(info[4][0]))
+
+    def _check_peer(self, url: str, response: httpx.Response) -> None:
+        """Check the address actually connected to, not only what the name resolved to before:
+        a name that resolves to a public address first and a private one next (DNS rebinding)
+        is caught here, before anything of the answer is read."""
+        if self._settings.allow_private:
+            return
+        stream = response.extensions.get("network_stream")
+        peer = stream.get_extra_info("server_addr") if stream is not None else None
+        if peer:
+            self._check_address(url, urlparse(url).hostname or "", str(peer[0]))
+
+    def _check_address(self, url: str, host: str, text: str) -> None:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        allowed = [ipaddress.ip_network(net) for net in self._settings.allowed_networks]
+        if any(address in net for net in allowed):
+            return
+        if not address.is_global or not all(v4.is_global for v4 in _embedded_ipv4(address)):
+            raise FetchError(
+                f"{url}: {host} resolves to the non-public address {address}; fetching it is not allowed"
+            )
+
+
+def _embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses carried inside an IPv6 one (mapped, 6to4, NAT64, IPv4-compatible), which
+    reach the IPv4 host on networks that route them."""
+    if address.version == 4:
+        return []
+    assert isinstance(address, ipaddress.IPv6Address)
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    packed = int(address)
+    if address in ipaddress.ip_network("64:ff9b::/96") or packed >> 32 == 0:
+        found.append(ipaddress.IPv4Address(packed & 0xFFFFFFFF))
+    return found
 
 
 class _Retryable(Exception):

@@ -14,4 +14,8 @@ def id_problem(image_id: str) -> str | None:
         return f"the id is longer than {MAX_ID_LENGTH} characters"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in image_id):
         return f"the id {image_id!r} contains control characters"
+    try:
+        image_id.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not valid UTF-8 on disk
+        return f"the id {image_id!r} is not valid UTF-8"
     return None

@@ -11,6 +11,7 @@ threads) -> batched encoder calls -> store upserts. Knows nothing of HTTP or the
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter, deque
@@ -34,7 +35,7 @@ from imagefinder.errors import (
 )
 from imagefinder.images import ImageLimits, content_hash, decode_image
 from imagefinder.sources import SkippedRow, SourceEntry, SourceItem
-from imagefinder.stores.base import VectorStore
+from imagefinder.stores.base import Payload, VectorStore
 
 STAGES = ("read", "decode", "embed", "write")
 
@@ -97,8 +98,12 @@ class _Prepared:
 
 @dataclass(frozen=True)
 class _Unchanged:
+    """Same bytes as stored. `known` is the stored payload, refreshed if the item's location or
+    metadata changed (a moved folder, a touched file, an edited CSV column)."""
+
     item: SourceItem
     hash: str
+    known: Payload
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ class Indexer:
         seen_ids: set[str] = set()
         seen_hashes: dict[str, str] = {}
         batch: list[_Prepared] = []
+        deferred: list[_Prepared] = []
         pending: deque[Future[_Outcome]] = deque()
 
         def tick() -> None:
@@ -172,25 +178,32 @@ class Indexer:
             elif isinstance(outcome, _Unchanged):
                 seen_hashes[outcome.hash] = item.id
                 report.unchanged += 1
+                self._refresh_payload(outcome)
             else:
                 existing = self._store.find_by_hash(outcome.hash)
                 if existing is not None and existing != item.id:
-                    report.duplicate(item.uri, f"same content as {existing!r}, already indexed")
-                    self._forget_stale(item.id)
+                    # The stored image with these bytes may itself change later in this run (a
+                    # file renamed over another); decide once the run has written everything.
+                    deferred.append(outcome)
                 else:
-                    seen_hashes[outcome.hash] = item.id
-                    report.stage_seconds["read"] += outcome.read_s
-                    report.stage_seconds["decode"] += outcome.decode_s
-                    batch.append(outcome)
-                    if len(batch) >= self._batch_size:
-                        self._flush(batch, report, on_commit)
+                    accept(outcome)
             tick()
+
+        def accept(outcome: _Prepared) -> None:
+            seen_hashes[outcome.hash] = outcome.item.id
+            report.stage_seconds["read"] += outcome.read_s
+            report.stage_seconds["decode"] += outcome.decode_s
+            batch.append(outcome)
+            if len(batch) >= self._batch_size:
+                self._flush(batch, report, on_commit)
 
         with ThreadPoolExecutor(self._fetch_workers, thread_name_prefix="fetch") as pool:
             for entry in entries:
                 report.seen += 1
                 if isinstance(entry, SkippedRow):
-                    if entry.duplicate:
+                    if entry.incomplete:
+                        report.fail(entry.where, "unreadable", entry.reason)
+                    elif entry.duplicate:
                         report.duplicate(entry.where, entry.reason)
                     else:
                         report.fail(entry.where, "invalid_row", entry.reason)
@@ -207,17 +220,36 @@ class Indexer:
             while pending:
                 consume(pending.popleft().result())
         self._flush(batch, report, on_commit)
+        for outcome in deferred:
+            existing = self._store.find_by_hash(outcome.hash)
+            holder = seen_hashes.get(outcome.hash, existing)
+            if holder is not None and holder != outcome.item.id:
+                report.duplicate(outcome.item.uri, f"same content as {holder!r}, already indexed")
+                self._forget_stale(outcome.item.id)
+            else:
+                accept(outcome)
+        self._flush(batch, report, on_commit)
         report.seconds = time.perf_counter() - started
         return report
 
     def _prepare(self, item: SourceItem, refresh: bool, keep: BlobStore | None) -> _Outcome:
-        """Runs in a worker thread: skip if unchanged, else read, hash, decode, preprocess."""
+        """Runs in a worker thread: skip if unchanged, else read, hash, decode, preprocess.
+        Whatever goes wrong with one item is reported for that item; the run goes on."""
+        try:
+            return self._prepare_item(item, refresh, keep)
+        except Exception as exc:  # a bug or an odd file must not stop a million-image run
+            return _Failed(item, "error", f"{type(exc).__name__}: {exc}")
+
+    def _prepare_item(self, item: SourceItem, refresh: bool, keep: BlobStore | None) -> _Outcome:
         known = self._store.get(item.id)
+        clash = _collection_clash(known, item)
+        if clash:
+            return _Failed(item, "id_clash", clash)
         if known is not None and known.get("uri") == item.uri and "hash" in known:
             if item.stamp is not None and known.get("stamp") == item.stamp:
-                return _Unchanged(item, str(known["hash"]))
+                return _Unchanged(item, str(known["hash"]), known)
             if item.remote and not refresh:
-                return _Unchanged(item, str(known["hash"]))
+                return _Unchanged(item, str(known["hash"]), known)
         t0 = time.perf_counter()
         try:
             data = item.read()
@@ -225,7 +257,7 @@ class Indexer:
             return _Failed(item, "fetch", str(exc))
         digest = content_hash(data)
         if known is not None and known.get("hash") == digest:
-            return _Unchanged(item, digest)
+            return _Unchanged(item, digest, known)
         t1 = time.perf_counter()
         try:
             with self._decode_slots:
@@ -237,6 +269,23 @@ class Indexer:
         kept = str(keep.put(data, digest)) if keep is not None else None
         t2 = time.perf_counter()
         return _Prepared(item, digest, len(data), image.width, image.height, pixels, kept, t1 - t0, t2 - t1)
+
+    def _refresh_payload(self, outcome: _Unchanged) -> None:
+        """Same bytes, but the stored location or metadata is out of date: rewrite the payload
+        with the stored vector (no decoding, no encoder call)."""
+        item, known = outcome.item, outcome.known
+        wanted: dict[str, Any] = {"uri": item.uri}
+        if item.collection is not None:
+            wanted["collection"] = item.collection
+        if item.stamp is not None:
+            wanted["stamp"] = item.stamp
+        if item.meta or "meta" in known:
+            wanted["meta"] = dict(item.meta)
+        if all(known.get(key) == value for key, value in wanted.items()):
+            return
+        vector = self._store.get_vector(item.id)
+        if vector is not None:
+            self._store.upsert([item.id], vector[np.newaxis], [{**known, **wanted}])
 
     def _flush(
         self,
@@ -282,6 +331,8 @@ class Indexer:
             on_commit(ids)
 
     def _prune(self, source: str, entries: list[SourceEntry]) -> int:
+        if any(isinstance(entry, SkippedRow) and entry.incomplete for entry in entries):
+            return 0  # part of the source could not be listed: its images are not "deleted"
         listed = {entry.id for entry in entries if isinstance(entry, SourceItem)}
         stale = [
             image_id
@@ -295,3 +346,14 @@ class Indexer:
         under it; drop the old vector rather than keep answering with it."""
         if self._store.get(image_id) is not None:
             self._store.delete([image_id])
+
+
+def _collection_clash(known: Payload | None, item: SourceItem) -> str | None:
+    """Two folders (or CSVs) indexed into one store can both have an `a.jpg`. Refuse to let the
+    second silently replace the first, unless the first source is gone (a moved folder)."""
+    if known is None or item.collection is None:
+        return None
+    other = known.get("collection")
+    if not other or other == item.collection or other == "api" or not os.path.exists(str(other)):
+        return None
+    return f"id {item.id!r} is already used by an image from {other}; index into another store (--store)"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
+from numpy.typing import NDArray
 
 from imagefinder.blobs import BlobStore
 from imagefinder.encoders.base import Encoder, EncoderInfo
@@ -40,6 +42,8 @@ class SearchResult:
 class AddResult:
     id: str
     created: bool
+    # The id held other bytes before, now replaced by these.
+    replaced: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class ImageFinder:
         self.limits = limits
         self._fetcher = fetcher
         self._blobs = blobs
+        self._add_lock = threading.Lock()
         self._indexer = Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers)
 
     @property
@@ -100,11 +105,6 @@ class ImageFinder:
         digest = content_hash(data)
         image_id = image_id or digest
         validate_id(image_id)
-        existing = self.store.find_by_hash(digest)
-        if existing is not None:
-            if existing == image_id:
-                return AddResult(existing, created=False)
-            raise DuplicateImageError(existing)
         image = decode_image(data, self.limits, uri or image_id, self.encoder.min_short_side)
         vector = self.encoder.embed_arrays(self.encoder.preprocess(image)[np.newaxis])
         payload: dict[str, Any] = {
@@ -119,15 +119,22 @@ class ImageFinder:
         }
         if meta:
             payload["meta"] = dict(meta)
-        if self._blobs is not None:
-            payload["file"] = str(self._blobs.put(data, digest))
-        payload["uri"] = uri or payload.get("file", "")
-        created = self.store.get(image_id) is None
-        self.store.upsert([image_id], vector, [payload])
-        return AddResult(image_id, created)
+        # Check and write under one lock: two concurrent adds of the same bytes must not both win.
+        with self._add_lock:
+            existing = self.store.find_by_hash(digest)
+            if existing is not None:
+                if existing == image_id:
+                    return AddResult(existing, created=False)
+                raise DuplicateImageError(existing)
+            if self._blobs is not None:
+                payload["file"] = str(self._blobs.put(data, digest))
+            payload["uri"] = uri or payload.get("file", "")
+            previous = self.store.get(image_id)
+            self.store.upsert([image_id], vector, [payload])
+        return AddResult(image_id, created=previous is None, replaced=previous is not None)
 
     def add_url(self, url: str, image_id: str | None = None) -> AddResult:
-        return self.add_bytes(self._fetch(url), image_id, uri=url)
+        return self.add_bytes(self.fetch_url(url), image_id, uri=url)
 
     def get(self, image_id: str) -> Payload:
         payload = self.store.get(image_id)
@@ -155,12 +162,51 @@ class ImageFinder:
 
     # -- search ----------------------------------------------------------------------------
 
-    def search_bytes(self, data: bytes, k: int, source: str = "<upload>") -> list[SearchResult]:
-        """Decode (at reduced scale when the format allows), embed once, search."""
+    def embed_bytes(self, data: bytes, source: str = "<upload>") -> NDArray[np.float32]:
+        """Decode (at reduced scale when the format allows) and embed one image."""
+        return self.embed_prepared([self.prepare(data, source)])[0]
+
+    def prepare(self, data: bytes, source: str = "<upload>") -> NDArray[np.float32]:
+        """Decode and preprocess one image: the CPU work before the encoder call."""
         image = decode_image(data, self.limits, source, self.encoder.min_short_side)
-        pixels = self.encoder.preprocess(image)
-        vector = self.encoder.embed_arrays(pixels[np.newaxis])[0]
-        return [_result(hit) for hit in self.store.search(vector, k)]
+        return self.encoder.preprocess(image)
+
+    def embed_prepared(self, inputs: Sequence[NDArray[np.float32]]) -> NDArray[np.float32]:
+        return self.encoder.embed_arrays(np.stack(inputs))
+
+    def search_vector(
+        self,
+        vector: NDArray[np.float32],
+        k: int,
+        min_score: float | None = None,
+        exclude_id: str | None = None,
+    ) -> list[SearchResult]:
+        """The k best matches of `vector`, best first, at least `min_score`, without `exclude_id`."""
+        hits = self.store.search(vector, k + (1 if exclude_id is not None else 0))
+        results = [
+            _result(hit)
+            for hit in hits
+            if hit.id != exclude_id and (min_score is None or hit.score >= min_score)
+        ]
+        return results[:k]
+
+    def search_bytes(
+        self, data: bytes, k: int, source: str = "<upload>", min_score: float | None = None
+    ) -> list[SearchResult]:
+        return self.search_vector(self.embed_bytes(data, source), k, min_score)
+
+    def search_id(
+        self, image_id: str, k: int, min_score: float | None = None, exclude_self: bool = True
+    ) -> list[SearchResult]:
+        """ "More like this": reuses the stored vector, no image is decoded or embedded."""
+        vector = self.store.get_vector(image_id)
+        if vector is None:
+            raise UnknownIdError(image_id)
+        return self.search_vector(vector, k, min_score, image_id if exclude_self else None)
+
+    def fetch_url(self, url: str) -> bytes:
+        """Download a query image with the service's fetcher (and its address policy)."""
+        return self._fetch(url)
 
     def count(self) -> int:
         return self.store.count()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,27 +41,35 @@ class SkippedRow:
     where: str
     reason: str
     duplicate: bool = False
+    # The source could not list everything (an unreadable subfolder): pruning must not run,
+    # or it would delete the images it failed to see.
+    incomplete: bool = False
 
 
 SourceEntry = SourceItem | SkippedRow
 
 
 def read_file(path: Path, max_bytes: int) -> bytes:
+    """Read a regular file of at most `max_bytes` (not a FIFO or a device that never ends)."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise FetchError(f"{path}: file is {size} bytes, limit is {max_bytes}")
-        return path.read_bytes()
+        # Check before opening: opening a FIFO would block until something writes to it.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise FetchError(f"{path}: not a regular file")
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)
     except OSError as exc:
         raise FetchError(f"{path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise FetchError(f"{path}: file is larger than the limit of {max_bytes} bytes")
+    return data
 
 
 def file_stamp(path: Path) -> str | None:
     try:
-        stat = path.stat()
+        info = path.stat()
     except OSError:
         return None
-    return f"{stat.st_mtime_ns}:{stat.st_size}"
+    return f"{info.st_mtime_ns}:{info.st_size}"
 
 
 class FolderSource:
@@ -77,19 +86,30 @@ class FolderSource:
         self._max_bytes = max_bytes
 
     def __iter__(self) -> Iterator[SourceEntry]:
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        unreadable: list[OSError] = []
+        for dirpath, dirnames, filenames in os.walk(self.root, onerror=unreadable.append):
+            while unreadable:
+                error = unreadable.pop()
+                yield SkippedRow(str(error.filename), f"cannot list: {error.strerror}", incomplete=True)
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 path = Path(dirpath) / name
                 if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
                     continue
+                image_id = path.relative_to(self.root).as_posix()
+                problem = id_problem(image_id)
+                if problem:
+                    yield SkippedRow(str(path).encode("utf-8", "replace").decode(), problem)
+                    continue
                 yield SourceItem(
-                    path.relative_to(self.root).as_posix(),
+                    image_id,
                     str(path),
                     lambda path=path: read_file(path, self._max_bytes),
                     collection=self.name,
                     stamp=file_stamp(path),
                 )
+        for error in unreadable:
+            yield SkippedRow(str(error.filename), f"cannot list: {error.strerror}", incomplete=True)
 
 
 class CsvSource:
@@ -100,8 +120,9 @@ class CsvSource:
     """
 
     def __init__(self, path: Path, max_bytes: int, fetcher: HttpFetcher | None = None) -> None:
-        self.path = path
-        self.name = str(path.resolve())
+        # Absolute, so stored file paths still work for a server started elsewhere.
+        self.path = path.resolve()
+        self.name = str(self.path)
         self._max_bytes = max_bytes
         self._fetcher = fetcher
         try:

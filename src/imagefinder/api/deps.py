@@ -1,11 +1,16 @@
-"""Dependencies shared by the routers: the service and the API settings, from app state."""
+"""Dependencies shared by the routers: the service (or 503 while it loads), the settings, the
+micro-batcher and API-key checks."""
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, Request
+from numpy.typing import NDArray
+from starlette.concurrency import run_in_threadpool
 
 from imagefinder.api.errors import ApiError
 from imagefinder.config import ApiSettings
@@ -13,7 +18,10 @@ from imagefinder.service import ImageFinder
 
 
 def _service(request: Request) -> ImageFinder:
-    service: ImageFinder = request.app.state.service
+    service: ImageFinder | None = request.app.state.service
+    if service is None:
+        reason = request.app.state.load_error or "the model and the index are still loading"
+        raise ApiError(503, "not_ready", reason)
     return service
 
 
@@ -24,6 +32,41 @@ def _settings(request: Request) -> ApiSettings:
 
 Service = Annotated[ImageFinder, Depends(_service)]
 Settings = Annotated[ApiSettings, Depends(_settings)]
+
+
+def _key_matches(request: Request, settings: ApiSettings) -> bool:
+    given = request.headers.get("x-api-key", "")
+    if not given and request.headers.get("authorization", "").lower().startswith("bearer "):
+        given = request.headers["authorization"][7:].strip()
+    # Compare with every key, in constant time, so timing reveals neither key nor which matched.
+    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in settings.api_keys]
+    return bool(given) and any(matches)
+
+
+def require_write_key(request: Request, settings: Settings) -> None:
+    if settings.api_keys and not _key_matches(request, settings):
+        raise ApiError(401, "unauthorized", "this operation needs a valid API key in the X-API-Key header")
+
+
+def require_read_key(request: Request, settings: Settings) -> None:
+    if settings.keys_for_reads:
+        require_write_key(request, settings)
+
+
+WriteAccess = Depends(require_write_key)
+ReadAccess = Depends(require_read_key)
+
+
+async def embed_prepared(
+    request: Request, service: ImageFinder, prepared: NDArray[np.float32]
+) -> NDArray[np.float32]:
+    """One query's vector: through the micro-batcher when it is on, else directly."""
+    batcher = request.app.state.batcher
+    if batcher is not None:
+        vector: NDArray[np.float32] = await batcher.embed(prepared)
+        return vector
+    request.app.state.metrics.encoder_batch.observe(1)
+    return (await run_in_threadpool(service.embed_prepared, [prepared]))[0]
 
 
 async def read_limited(upload_read: Callable[[int], Awaitable[bytes]], max_bytes: int) -> bytes:

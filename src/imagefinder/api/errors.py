@@ -3,9 +3,12 @@ error types to HTTP status codes. The only place status codes are chosen."""
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagefinder.errors import (
@@ -43,6 +46,29 @@ class ApiError(Exception):
         self.message = message
 
 
+def status_and_code(exc: Exception) -> tuple[int, str]:
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code
+    for error_type, status, code in _STATUS:
+        if isinstance(exc, error_type):
+            return status, code
+    return 400, "bad_request"
+
+
+def error_body(exc: Exception) -> dict[str, str]:
+    """The `{"code", "message"}` part, for places that report an error without failing (batch)."""
+    message = exc.message if isinstance(exc, ApiError) else str(exc)
+    return {"code": status_and_code(exc)[1], "message": message}
+
+
+def describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
@@ -54,10 +80,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ImageFinderError)
     async def _domain_error(_: Request, exc: ImageFinderError) -> JSONResponse:
-        for error_type, status, code in _STATUS:
-            if isinstance(exc, error_type):
-                return error_response(status, code, str(exc))
-        return error_response(400, "bad_request", str(exc))
+        status, code = status_and_code(exc)
+        return error_response(status, code, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -67,7 +91,15 @@ def install_error_handlers(app: FastAPI) -> None:
             parts.append(f"{where}: {error.get('msg', 'invalid')}")
         return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug, not the client's fault: logged with its traceback, answered in the same shape.
+        logging.getLogger("imagefinder.api").exception("unexpected error")
+        return error_response(500, "internal_error", "an unexpected error occurred; it was logged")
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return error_response(exc.status_code, code, str(exc.detail))

@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from imagefinder.api.deps import Service, read_limited
-from imagefinder.api.errors import ApiError
+from imagefinder.api.deps import ReadAccess, Service, WriteAccess, read_limited
+from imagefinder.api.errors import ApiError, describe_validation
 from imagefinder.api.schemas import Added, AddUrl, ImageRecord
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -44,6 +44,7 @@ _ADD_BODY: dict[str, Any] = {
     status_code=201,
     summary="Add one image: a multipart upload (`file`, optional `id`) or JSON {url, id}",
     openapi_extra=_ADD_BODY,
+    dependencies=[WriteAccess],
     responses={
         200: {"description": "Already indexed under this id"},
         409: {"description": "The same bytes are indexed under another id"},
@@ -65,8 +66,14 @@ async def add_image(request: Request, response: Response, service: Service) -> A
         try:
             body = AddUrl.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise ApiError(422, "invalid_request", _describe(exc)) from None
+            raise ApiError(422, "invalid_request", describe_validation(exc)) from None
         result = await run_in_threadpool(service.add_url, body.url, body.id)
+    elif not content_type:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "missing image: send multipart/form-data with a file, or application/json with a url",
+        )
     else:
         raise ApiError(
             415,
@@ -75,11 +82,14 @@ async def add_image(request: Request, response: Response, service: Service) -> A
         )
     if not result.created:
         response.status_code = 200
-    return Added(id=result.id, created=result.created)
+    return Added(id=result.id, created=result.created, replaced=result.replaced)
 
 
 @router.get(
-    "/{image_id:path}/file", summary="The original image (or a redirect to its URL)", response_class=Response
+    "/{image_id:path}/file",
+    summary="The original image (or a redirect to its URL)",
+    response_class=Response,
+    dependencies=[ReadAccess],
 )
 def image_file(image_id: str, service: Service) -> Response:
     location = service.file_location(image_id)
@@ -88,20 +98,20 @@ def image_file(image_id: str, service: Service) -> Response:
     return RedirectResponse(str(location.url), status_code=307)
 
 
-@router.get("/{image_id:path}", response_model=ImageRecord, summary="Metadata of one image")
+@router.get(
+    "/{image_id:path}", response_model=ImageRecord, summary="Metadata of one image", dependencies=[ReadAccess]
+)
 def get_image(image_id: str, service: Service) -> ImageRecord:
     return ImageRecord(id=image_id, payload=dict(service.get(image_id)))
 
 
 @router.delete(
-    "/{image_id:path}", status_code=204, summary="Remove one image from the index", response_class=Response
+    "/{image_id:path}",
+    status_code=204,
+    summary="Remove one image from the index",
+    response_class=Response,
+    dependencies=[WriteAccess],
 )
 def delete_image(image_id: str, service: Service) -> Response:
     service.delete(image_id)
     return Response(status_code=204)
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in error['loc']) or 'body'}: {error['msg']}" for error in exc.errors()
-    )

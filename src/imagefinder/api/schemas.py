@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class ModelInfo(BaseModel):
@@ -16,6 +16,9 @@ class Result(BaseModel):
     id: str = Field(examples=["photos/cat.jpg"])
     score: float = Field(description="Cosine similarity, -1..1; higher is more similar.", examples=[0.91])
     uri: str = Field(description="Where the indexed image was read from.")
+    file_url: str = Field(
+        description="This API's link to the image itself.", examples=["/images/photos/cat.jpg/file"]
+    )
 
 
 class SearchResponse(BaseModel):
@@ -24,11 +27,48 @@ class SearchResponse(BaseModel):
     results: list[Result] = Field(description="Best first; equal scores in id order.")
 
 
+class SearchQuery(BaseModel):
+    """Exactly one of `url` (an image to download) or `id` (an image already in the collection)."""
+
+    url: str | None = Field(None, description="http(s) URL of the query image.")
+    id: str | None = Field(None, description="Id of an indexed image: search with its stored vector.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchQuery:
+        if (self.url is None) == (self.id is None):
+            raise ValueError("give exactly one of url or id")
+        return self
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class BatchItem(BaseModel):
+    filename: str
+    results: list[Result] = Field(default_factory=list)
+    error: ErrorBody | None = None
+
+
+class BatchResponse(BaseModel):
+    model: ModelInfo
+    took_ms: float
+    queries: list[BatchItem] = Field(description="One entry per uploaded file, in order.")
+
+
+class Ready(BaseModel):
+    ready: bool
+    images: int | None = None
+    model: ModelInfo | None = None
+    detail: str | None = None
+
+
 class Health(BaseModel):
     status: str
     version: str
-    model: ModelInfo
-    images: int
+    model: ModelInfo | None = Field(None, description="None while the model is still loading.")
+    images: int | None = None
 
 
 class AddUrl(BaseModel):
@@ -40,7 +80,8 @@ class AddUrl(BaseModel):
 
 class Added(BaseModel):
     id: str
-    created: bool = Field(description="False when the id already held exactly these bytes.")
+    created: bool = Field(description="True when the id is new (201).")
+    replaced: bool = Field(False, description="True when the id held other bytes, now replaced (200).")
 
 
 class ImageRecord(BaseModel):

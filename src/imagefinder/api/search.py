@@ -1,46 +1,178 @@
-"""POST /search: the query image in, the k most similar images out."""
+"""POST /search (one query: an upload, a URL, or an id in the collection) and POST /search/batch."""
 
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUpload
 
-from imagefinder.api.deps import Service, Settings, read_limited
-from imagefinder.api.errors import ApiError
-from imagefinder.api.schemas import ModelInfo, Result, SearchResponse
+from imagefinder.api.deps import ReadAccess, Service, Settings, embed_prepared, read_limited
+from imagefinder.api.errors import ApiError, describe_validation, error_body
+from imagefinder.api.schemas import (
+    BatchItem,
+    BatchResponse,
+    ModelInfo,
+    Result,
+    SearchQuery,
+    SearchResponse,
+)
+from imagefinder.errors import ImageFinderError
+from imagefinder.service import ImageFinder, SearchResult
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], dependencies=[ReadAccess])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "The file is not a readable image"},
+    401: {"description": "An API key is required"},
+    404: {"description": "Unknown id"},
+    413: {"description": "The file or its pixel count exceeds a limit"},
+    415: {"description": "Not an image format we accept, or an unsupported request content type"},
+    422: {"description": "Missing or invalid query or parameter; a URL that cannot be fetched"},
+    503: {"description": "The model and the index are still loading"},
+}
+
+_SEARCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            },
+            "application/json": {
+                "schema": SearchQuery.model_json_schema(),
+                "examples": {
+                    "by url": {"value": {"url": "https://example.org/cat.jpg"}},
+                    "more like this": {"value": {"id": "photos/cat.jpg"}},
+                },
+            },
+        },
+    }
+}
 
 
 @router.post(
     "/search",
     response_model=SearchResponse,
-    summary="Find the k images most similar to an uploaded image",
-    responses={
-        400: {"description": "The file is not a readable image"},
-        413: {"description": "The file or its pixel count exceeds a limit"},
-        415: {"description": "The file is not an image format we accept"},
-        422: {"description": "Missing file or invalid parameter"},
-    },
+    summary="Find the k images most similar to a query image: an upload, a URL, or an indexed id",
+    openapi_extra=_SEARCH_BODY,
+    responses=_ERRORS,
 )
 async def search(
+    request: Request,
     service: Service,
     settings: Settings,
-    file: Annotated[UploadFile, File(description="The query image (JPEG, PNG, WebP, GIF, BMP, TIFF)")],
     k: Annotated[int | None, Query(ge=1, description="How many results (default 3)")] = None,
+    min_score: Annotated[
+        float | None, Query(ge=-1, le=1, description="Leave out results scoring below this")
+    ] = None,
+    exclude_self: Annotated[bool, Query(description="For an id query, leave the image itself out")] = True,
 ) -> SearchResponse:
-    k = k or settings.default_k
-    if k > settings.max_k:
-        raise ApiError(422, "invalid_request", f"k must be at most {settings.max_k}")
+    k = _check_k(k, settings.default_k, settings.max_k)
     started = time.perf_counter()
-    data = await read_limited(file.read, service.limits.max_bytes)
-    results = await run_in_threadpool(service.search_bytes, data, k, file.filename or "<upload>")
-    model = service.model
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("file")
+        if not isinstance(upload, StarletteUpload):
+            raise ApiError(422, "invalid_request", "file: a multipart part named 'file' is required")
+        data = await read_limited(upload.read, service.limits.max_bytes)
+        results = await _search_bytes(request, service, data, upload.filename or "<upload>", k, min_score)
+    elif content_type.startswith("application/json"):
+        try:
+            query = SearchQuery.model_validate_json(await request.body())
+        except ValidationError as exc:
+            raise ApiError(422, "invalid_request", describe_validation(exc)) from None
+        if query.id is not None:
+            results = await run_in_threadpool(service.search_id, query.id, k, min_score, exclude_self)
+        else:
+            data = await run_in_threadpool(service.fetch_url, str(query.url))
+            results = await _search_bytes(request, service, data, str(query.url), k, min_score)
+    elif not content_type:
+        raise ApiError(
+            422,
+            "invalid_request",
+            "missing query: send multipart/form-data with a file, or application/json with a url or an id",
+        )
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send multipart/form-data with a file, or application/json with a url or an id",
+        )
     return SearchResponse(
-        model=ModelInfo(name=model.name, version=model.version),
+        model=_model(service),
         took_ms=round((time.perf_counter() - started) * 1000, 2),
-        results=[Result(**r.to_dict()) for r in results],
+        results=[_to_result(r) for r in results],
     )
+
+
+@router.post(
+    "/search/batch",
+    response_model=BatchResponse,
+    summary="Search with several uploaded images at once (multipart `files`)",
+    responses=_ERRORS,
+)
+async def search_batch(
+    request: Request,
+    service: Service,
+    settings: Settings,
+    files: Annotated[list[UploadFile], File(description="The query images")],
+    k: Annotated[int | None, Query(ge=1)] = None,
+    min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
+) -> BatchResponse:
+    """Each image gets its own results or its own error; one bad image does not fail the rest."""
+    k = _check_k(k, settings.default_k, settings.max_k)
+    if len(files) > settings.max_batch_files:
+        raise ApiError(422, "invalid_request", f"at most {settings.max_batch_files} files per batch")
+    started = time.perf_counter()
+    items: list[BatchItem] = []
+    prepared = []
+    for upload in files:
+        name = upload.filename or "<upload>"
+        try:
+            data = await read_limited(upload.read, service.limits.max_bytes)
+            prepared.append((len(items), await run_in_threadpool(service.prepare, data, name)))
+            items.append(BatchItem(filename=name))
+        except (ImageFinderError, ApiError) as exc:
+            items.append(BatchItem(filename=name, error=error_body(exc)))
+    if prepared:
+        vectors = await run_in_threadpool(service.embed_prepared, [p for _, p in prepared])
+        request.app.state.metrics.encoder_batch.observe(len(prepared))
+        for (position, _), vector in zip(prepared, vectors, strict=True):
+            hits = await run_in_threadpool(service.search_vector, vector, k, min_score)
+            items[position].results = [_to_result(r) for r in hits]
+    return BatchResponse(
+        model=_model(service), took_ms=round((time.perf_counter() - started) * 1000, 2), queries=items
+    )
+
+
+async def _search_bytes(
+    request: Request, service: ImageFinder, data: bytes, source: str, k: int, min_score: float | None
+) -> list[SearchResult]:
+    prepared = await run_in_threadpool(service.prepare, data, source)
+    vector = await embed_prepared(request, service, prepared)
+    return await run_in_threadpool(service.search_vector, vector, k, min_score)
+
+
+def _check_k(k: int | None, default: int, largest: int) -> int:
+    k = k or default
+    if k > largest:
+        raise ApiError(422, "invalid_request", f"k must be at most {largest}")
+    return k
+
+
+def _model(service: ImageFinder) -> ModelInfo:
+    return ModelInfo(name=service.model.name, version=service.model.version)
+
+
+def _to_result(result: SearchResult) -> Result:
+    return Result(**result.to_dict(), file_url=f"/images/{quote(result.id, safe='/')}/file")

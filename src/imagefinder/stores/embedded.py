@@ -54,8 +54,10 @@ class EmbeddedStore:
         self._ids: list[str] = []
         self._rows: dict[str, int] = {}
         self._vectors = np.zeros((0, self._encoder.dim if self._encoder else 0), dtype=np.float32)
-        self._load_vectors()
+        # Read the change counter before the rows: a commit landing in between is then seen as
+        # a change at the next read, instead of being missed.
         self._data_version = self._read_data_version()
+        self._load_vectors()
 
     # -- encoder binding -------------------------------------------------------------------
 
@@ -117,6 +119,7 @@ class EmbeddedStore:
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
+            self._reload_if_changed_elsewhere()
             present = [image_id for image_id in dict.fromkeys(ids) if image_id in self._rows]
             if not present:
                 return 0
@@ -173,11 +176,13 @@ class EmbeddedStore:
 
     def get_vector(self, image_id: str) -> NDArray[np.float32] | None:
         with self._lock:
+            self._reload_if_changed_elsewhere()
             row = self._rows.get(image_id)
             return None if row is None else self._vectors[row].copy()
 
     def ids(self) -> list[str]:
         with self._lock:
+            self._reload_if_changed_elsewhere()
             return list(self._ids)
 
     def count(self) -> int:
@@ -254,7 +259,10 @@ class EmbeddedStore:
     def _check_schema_version(self) -> None:
         found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if found is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            # OR IGNORE: two processes creating the same new store at once must both succeed.
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
         elif int(found[0]) > SCHEMA_VERSION:
             raise StoreVersionError(
                 f"the index at {self.path.parent} has schema version {found[0]}, newer than this "
