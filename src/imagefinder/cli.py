@@ -247,6 +247,120 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     uvicorn.run(app, host=api.host, port=api.port, log_level="info")
 
 
+@main.command()
+@click.option(
+    "--collection",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of collection images (indexed into a temporary store).",
+)
+@click.option(
+    "--queries",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of query images named in the ground truth.",
+)
+@click.option(
+    "--ground-truth",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV query_file,expected_collection_file (several rows per query allowed).",
+)
+@click.option(
+    "--groups",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with query_file and a group column, for a breakdown per group.",
+)
+@click.option("--group-column", default="family", show_default=True)
+@click.option(
+    "--labelled",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder with one subfolder per class: leave-one-out retrieval.",
+)
+@click.option("--use-index", is_flag=True, help="Search the current index instead of indexing --collection.")
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the metrics here."
+)
+@click.option(
+    "--html",
+    "html_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write an HTML report (worst queries, precision-recall curve) here.",
+)
+@click.pass_context
+@_user_errors
+def evaluate(
+    ctx: click.Context,
+    collection: Path | None,
+    queries: Path | None,
+    ground_truth: Path | None,
+    groups: Path | None,
+    group_column: str,
+    labelled: Path | None,
+    use_index: bool,
+    json_out: Path | None,
+    html_out: Path | None,
+) -> None:
+    """Measure retrieval quality: recall@1/5/10, precision@k, mAP and micro-AP."""
+    from imagefinder.encoders import build_encoder
+    from imagefinder.evaluation.report import write_html
+    from imagefinder.evaluation.runner import evaluate_ground_truth, evaluate_labelled, read_groups
+    from imagefinder.service import ImageFinder
+    from imagefinder.stores.embedded import EmbeddedStore
+    from imagefinder.wiring import image_limits
+
+    settings = _settings(ctx)
+    if labelled is None and (
+        queries is None or ground_truth is None or (collection is None and not use_index)
+    ):
+        raise click.UsageError(
+            "give --labelled DIR, or --queries DIR --ground-truth CSV with --collection DIR or --use-index"
+        )
+    encoder = build_encoder(settings.encoder, settings.model_cache_dir)
+
+    def make_service(store_dir: Path) -> ImageFinder:
+        return ImageFinder(
+            encoder,
+            EmbeddedStore(store_dir),
+            image_limits(settings),
+            settings.batch_size,
+            settings.decode_workers,
+        )
+
+    if labelled is not None:
+        evaluation = evaluate_labelled(make_service, labelled)
+        title = f"Leave-one-out retrieval on {labelled}"
+    else:
+        assert queries is not None and ground_truth is not None
+        group_map = read_groups(groups, group_column) if groups else None
+        evaluation = evaluate_ground_truth(
+            make_service,
+            None if use_index else collection,
+            queries,
+            ground_truth,
+            group_map,
+            store_dir=settings.store_dir if use_index else None,
+        )
+        title = f"Retrieval of {queries} against {'the current index' if use_index else collection}"
+    metrics = evaluation.metrics
+    model = encoder.info
+    click.echo(f"{title}\nencoder {model.name} v{model.version}; {metrics['queries']} queries")
+    for key in ("recall@1", "recall@5", "recall@10", "precision@10", "mAP", "uAP"):
+        click.echo(f"  {key:<13} {metrics[key]}")
+    for group, values in (metrics.get("by_group") or {}).items():  # type: ignore[union-attr]
+        click.echo(
+            f"  {group:<16} recall@1 {values['recall@1']:<7} mAP {values['mAP']:<7} ({values['queries']})"
+        )
+    if json_out:
+        body = {
+            **metrics,
+            "model": {"name": model.name, "version": model.version},
+            "seconds": {k: round(v, 2) for k, v in evaluation.seconds.items()},
+        }
+        json_out.write_text(json.dumps(body, indent=1))
+        click.echo(f"metrics: {json_out}")
+    if html_out:
+        write_html(evaluation, html_out, title)
+        click.echo(f"report:  {html_out}")
+
+
 @main.command("demo-data")
 @click.argument("target", type=click.Path(file_okay=False, path_type=Path))
 def demo_data(target: Path) -> None:
