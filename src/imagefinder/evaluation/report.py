@@ -35,7 +35,8 @@ def render_html(evaluation: Evaluation, title: str, worst: int = 20) -> str:
         for name, values in groups.items()  # type: ignore[union-attr]
     )
     group_table = (
-        f"<h2>By group</h2><table><tr><th></th><th>recall@1</th><th>mAP</th><th>queries</th></tr>{group_rows}</table>"
+        "<h2>By group</h2><table><tr><th></th><th>recall@1</th><th>mAP</th><th>queries</th></tr>"
+        f"{group_rows}</table>"
         if group_rows
         else ""
     )
