@@ -86,3 +86,40 @@ def test_evaluate_a_labelled_folder(tmp_path: Path, home: Path, photos: Path) ->
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["queries"] == 9 and metrics["recall@1"] == 1.0 and metrics["mAP"] > 0.9
     assert set(metrics["by_group"]) == {"chelsea", "rocket", "coffee"}
+
+
+def test_make_benchmark_is_seeded_and_scores(tmp_path: Path, home: Path, photos: Path) -> None:
+    import hashlib
+
+    source = tmp_path / "mine"
+    source.mkdir()
+    for name in ("chelsea.png", "rocket.jpg", "coffee.png", "astronaut.png"):
+        shutil.copy(photos / name, source / name)
+
+    def digest(folder: Path) -> str:
+        return hashlib.sha256(
+            b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())
+        ).hexdigest()
+
+    run_cli(home, "make-benchmark", str(source), str(tmp_path / "a"), "--seed", "3")
+    run_cli(home, "make-benchmark", str(source), str(tmp_path / "b"), "--seed", "3")
+    run_cli(home, "make-benchmark", str(source), str(tmp_path / "c"), "--seed", "4")
+    assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
+    bench = tmp_path / "a"
+    assert len(list((bench / "queries").iterdir())) == 4 * 9
+    run_cli(
+        home,
+        "evaluate",
+        "--collection",
+        str(bench / "collection"),
+        "--queries",
+        str(bench / "queries"),
+        "--ground-truth",
+        str(bench / "ground_truth.csv"),
+        "--groups",
+        str(bench / "query_transforms.csv"),
+        "--json",
+        str(tmp_path / "m.json"),
+    )
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["queries"] == 36 and len(metrics["by_group"]) == 9 and metrics["recall@1"] >= 0.75

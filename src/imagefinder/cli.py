@@ -361,6 +361,32 @@ def evaluate(
         click.echo(f"report:  {html_out}")
 
 
+@main.command("make-benchmark")
+@click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--families",
+    help="Comma-separated subset of: crop, rotate, flip, jpeg, color, gray, "
+    "overlay, blur_lowres, paste (default: all).",
+)
+def make_benchmark_command(source: Path, out: Path, seed: int, families: str | None) -> None:
+    """Build a near-duplicate benchmark from your own photos in SOURCE, written to OUT: one edited
+    copy per family and photo, with ground_truth.csv for `imagefinder evaluate`."""
+    from imagefinder.evaluation.benchmark_maker import FAMILIES, make_benchmark
+
+    chosen = [f.strip() for f in families.split(",")] if families else None
+    unknown = sorted(set(chosen or []) - set(FAMILIES))
+    if unknown:
+        raise click.BadParameter(f"unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    counts = make_benchmark(source, out, seed, chosen)
+    click.echo(f"{counts['originals']} photos, {counts['queries']} queries written to {out}")
+    click.echo(
+        f"measure it: imagefinder evaluate --collection {out}/collection --queries {out}/queries "
+        f"--ground-truth {out}/ground_truth.csv --groups {out}/query_transforms.csv"
+    )
+
+
 @main.command("demo-data")
 @click.argument("target", type=click.Path(file_okay=False, path_type=Path))
 def demo_data(target: Path) -> None:
