@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 from imagefinder.config import Settings
+from imagefinder.evaluation.runner import read_ground_truth
 from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
-from imagefinder.wiring import image_limits
+from imagefinder.wiring import service_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +37,8 @@ def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> 
     k = service.count()
     results_csv = work / f"{task_dir.name}_results.csv"
     latencies = []
+    truth = read_ground_truth(task_dir / "ground_truth.csv")
+    flagged = flagged_right = 0
     with open(results_csv, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["query_file", "rank", "collection_file", "score"])
@@ -45,6 +48,11 @@ def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> 
             latencies.append((time.perf_counter() - started) * 1000)
             for rank, result in enumerate(results, 1):
                 writer.writerow([query.name, rank, result.id, f"{result.score:.6f}"])
+            # The copy signal, judged on the top 5 results: flagged ones should be the original.
+            for result in results[:5]:
+                if result.is_copy:
+                    flagged += 1
+                    flagged_right += result.id in truth.get(query.name, set())
     scores_json = work / f"{task_dir.name}_scores.json"
     subprocess.run(
         [
@@ -63,6 +71,11 @@ def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> 
     return {
         "index": {key: value for key, value in report.to_dict().items() if key != "problems"},
         "query_ms_median": round(statistics.median(latencies), 2),
+        "copy_signal": {
+            "threshold": round(service.copy_threshold, 4),
+            "precision": round(flagged_right / max(1, flagged), 4),
+            "recall": round(flagged_right / max(1, sum(len(v) for v in truth.values())), 4),
+        },
         "scores": json.loads(scores_json.read_text()),
     }
 
@@ -71,10 +84,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dev_benchmark.json")
+    parser.add_argument(
+        "--no-rotated-queries",
+        action="store_true",
+        help="Search with the query as it is only (no mirrored/turned views).",
+    )
     args = parser.parse_args()
     if not (args.benchmarks / "score.py").is_file():
         sys.exit(f"no development benchmark at {args.benchmarks} (it lives in ../shared/benchmarks)")
     settings = Settings()
+    if args.no_rotated_queries:
+        settings = settings.model_copy(update={"rotated_queries": False})
     from imagefinder.encoders import build_encoder
 
     encoder = build_encoder(settings.encoder, settings.model_cache_dir)
@@ -84,6 +104,7 @@ def main() -> None:
             "version": encoder.info.version,
             "preprocessing": encoder.info.preprocessing,
         },
+        "rotated_queries": settings.rotated_queries,
         "machine": {
             "python": platform.python_version(),
             "processor": platform.machine(),
@@ -93,13 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for task in ("near_duplicate", "same_class"):
-            service = ImageFinder(
-                encoder,
-                EmbeddedStore(work / task),
-                image_limits(settings),
-                settings.batch_size,
-                settings.decode_workers,
-            )
+            service = service_for(settings, encoder, EmbeddedStore(work / task))
             output[task] = run_task(service, args.benchmarks / task, work, args.benchmarks / "score.py")
             service.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +122,7 @@ def main() -> None:
     nd = output["near_duplicate"]["scores"]["overall"]  # type: ignore[index]
     sc = output["same_class"]["scores"]["overall"]  # type: ignore[index]
     print(f"near_duplicate: recall@1 {nd['recall@1']}  mAP {nd['mAP']}  uAP {nd.get('uAP')}")  # noqa: T201
+    print(f"copy signal:    {output['near_duplicate']['copy_signal']}")  # type: ignore[index]  # noqa: T201
     print(f"same_class:     mAP {sc['mAP']}  precision@10 {sc['precision@10']}")  # noqa: T201
     print(f"written to {args.out}")  # noqa: T201
 

@@ -64,7 +64,9 @@ def test_search_json_lists_k_results_best_first(indexed: tuple[Path, Path], phot
 def test_search_table(indexed: tuple[Path, Path], photos: Path) -> None:
     home, _ = indexed
     lines = run_cli(home, "search", str(photos / "rocket.jpg")).stdout.splitlines()
-    assert len(lines) == 3 and lines[0].split()[0] == "1" and lines[0].split()[2] == "photos/rocket.jpg"
+    first = lines[0].split()
+    assert len(lines) == 3 and first[0] == "1" and first[-1] == "photos/rocket.jpg"
+    assert first[2] == "copy" and "copy" not in lines[2]  # itself is a copy; a different photo is not
 
 
 def test_reindex_is_incremental(indexed: tuple[Path, Path]) -> None:

@@ -151,11 +151,13 @@ def search(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
     try:
         results = service.search_bytes(image.read_bytes(), k, str(image))
         model = service.model
+        threshold = service.copy_threshold
     finally:
         service.close()
     if as_json:
         payload = {
             "model": {"name": model.name, "version": model.version},
+            "copy_threshold": threshold,
             "results": [r.to_dict() for r in results],
         }
         click.echo(json.dumps(payload, indent=1))
@@ -163,7 +165,7 @@ def search(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
     if not results:
         click.echo("the index is empty")
     for rank, result in enumerate(results, 1):
-        click.echo(f"{rank:>3}  {result.score:.4f}  {result.id}")
+        click.echo(f"{rank:>3}  {result.score:.4f}  {'copy' if result.is_copy else '    '}  {result.id}")
 
 
 @main.command()
@@ -188,6 +190,7 @@ def remove(ctx: click.Context, ids: tuple[str, ...]) -> None:
 @_user_errors
 def info(ctx: click.Context, as_json: bool) -> None:
     """Show the index: image count, the encoder that built it, where it is stored."""
+    from imagefinder.calibration import DEFAULT_THRESHOLD
     from imagefinder.wiring import open_store
 
     settings = _settings(ctx)
@@ -197,6 +200,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
         details = {
             "images": store.count(),
             "store": str(store.path),
+            "copy_threshold": float(store.get_meta("copy_threshold") or DEFAULT_THRESHOLD),
             "encoder": None
             if encoder is None
             else {
@@ -213,6 +217,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(f"images:  {details['images']}")
     click.echo(f"store:   {details['store']}")
+    click.echo(f"copy threshold: {details['copy_threshold']} (scores at or above it are marked as copies)")
     if encoder is None:
         click.echo("encoder: none yet (empty index)")
     else:
@@ -304,7 +309,7 @@ def evaluate(
     from imagefinder.evaluation.runner import evaluate_ground_truth, evaluate_labelled, read_groups
     from imagefinder.service import ImageFinder
     from imagefinder.stores.embedded import EmbeddedStore
-    from imagefinder.wiring import image_limits
+    from imagefinder.wiring import service_for
 
     settings = _settings(ctx)
     if labelled is None and (
@@ -316,13 +321,7 @@ def evaluate(
     encoder = build_encoder(settings.encoder, settings.model_cache_dir)
 
     def make_service(store_dir: Path) -> ImageFinder:
-        return ImageFinder(
-            encoder,
-            EmbeddedStore(store_dir),
-            image_limits(settings),
-            settings.batch_size,
-            settings.decode_workers,
-        )
+        return service_for(settings, encoder, EmbeddedStore(store_dir))
 
     if labelled is not None:
         evaluation = evaluate_labelled(make_service, labelled)

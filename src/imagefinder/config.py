@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=64, description="Threads decoding and preprocessing images while indexing."
     )
+    rotated_queries: bool = Field(
+        True,
+        description="Also search with the query mirrored and turned 90 degrees (finds rotated "
+        "copies; three encoder runs per query instead of one).",
+    )
     images: ImageSettings = Field(default_factory=ImageSettings)
     fetch: FetchSettingsModel = Field(default_factory=FetchSettingsModel)
     store: StoreSettings = Field(default_factory=StoreSettings)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from imagefinder.blobs import BlobStore
 from imagefinder.config import Settings
-from imagefinder.encoders import build_encoder
+from imagefinder.encoders import Encoder, build_encoder
 from imagefinder.fetch import FetchSettings, HttpFetcher
 from imagefinder.images import ImageLimits
 from imagefinder.service import ImageFinder
+from imagefinder.stores.base import VectorStore
 from imagefinder.stores.embedded import EmbeddedStore
 
 
@@ -34,13 +35,20 @@ def build_fetcher(settings: Settings, allow_private: bool) -> HttpFetcher:
 
 def build_service(settings: Settings) -> ImageFinder:
     encoder = build_encoder(settings.encoder, settings.model_cache_dir)
+    return service_for(settings, encoder, open_store(settings))
+
+
+def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> ImageFinder:
+    """A service over a given encoder and store (evaluation runs reuse one encoder for several
+    temporary stores), configured from `settings`."""
     return ImageFinder(
         encoder,
-        open_store(settings),
+        store,
         image_limits(settings),
         batch_size=settings.batch_size,
         decode_workers=settings.decode_workers,
         fetch_workers=settings.fetch.workers,
         fetcher=build_fetcher(settings, settings.api.allow_private_urls),
         blobs=BlobStore(settings.files_dir),
+        rotated_queries=settings.rotated_queries,
     )

@@ -16,6 +16,10 @@ class Result(BaseModel):
     id: str = Field(examples=["photos/cat.jpg"])
     score: float = Field(description="Cosine similarity, -1..1; higher is more similar.", examples=[0.91])
     uri: str = Field(description="Where the indexed image was read from.")
+    is_copy: bool = Field(
+        description="Score at or above this collection's calibrated copy threshold: very likely "
+        "the same photo (edited, cropped, recompressed), not merely a similar one."
+    )
     file_url: str = Field(
         description="This API's link to the image itself.", examples=["/images/photos/cat.jpg/file"]
     )
@@ -24,6 +28,7 @@ class Result(BaseModel):
 class SearchResponse(BaseModel):
     model: ModelInfo
     took_ms: float
+    copy_threshold: float = Field(description="Results scoring at or above this are marked is_copy.")
     results: list[Result] = Field(description="Best first; equal scores in id order.")
 
 

@@ -111,6 +111,7 @@ async def search(
     return SearchResponse(
         model=_model(service),
         took_ms=round((time.perf_counter() - started) * 1000, 2),
+        copy_threshold=service.copy_threshold,
         results=[_to_result(r) for r in results],
     )
 

@@ -103,14 +103,21 @@ def load_pretrained_lite0(weights: Path) -> EfficientNetLite0:
 
 
 class PooledEmbedder(nn.Module):
-    """Trunk + global average pooling + L2 normalisation: the whole encoder in one graph."""
+    """Trunk + generalised-mean (GeM) pooling + L2 normalisation: the whole encoder in one graph.
 
-    def __init__(self, trunk: nn.Module) -> None:
+    GeM, (mean over positions of x^p)^(1/p), sits between average (p=1) and max pooling and lets
+    strong local features count more. On the dev benchmark p=3 raised near-duplicate recall@1
+    from 0.855 to 0.868 and micro-AP from 0.767 to 0.787 at no extra cost (`bench/results/`)."""
+
+    def __init__(self, trunk: nn.Module, p: float = 3.0) -> None:
         super().__init__()
         self.trunk = trunk
+        self.p = p
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.trunk(pixels).mean(dim=(2, 3)), dim=1)
+        features = self.trunk(pixels).clamp(min=1e-6)  # ReLU6 output: >= 0; clamp keeps pow finite
+        pooled = features.pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+        return F.normalize(pooled, dim=1)
 
 
 def export_onnx(weights: Path, out_path: Path, image_size: int) -> None:

@@ -5,8 +5,8 @@ after install. The first use exports the model to `<cache_dir>/efficientnet-lite
 (about 2 s, needs torch); every later start only loads that file.
 
 Preprocessing (TensorFlow Lite reference): short side to 256 px (bicubic), centre crop 224 x 224,
-each channel (x - 127) / 128. Embedding: global average pool of the 1280-channel last feature map,
-L2-normalised, so cosine similarity is a dot product.
+each channel (x - 127) / 128. Embedding: generalised-mean (GeM, p=3) pool of the 1280-channel last
+feature map, L2-normalised, so cosine similarity is a dot product.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ CROP = 224
 # with another version are then refused instead of silently mixing incomparable vectors.
 LITE0_INFO = EncoderInfo(
     name="efficientnet-lite0",
-    version="1",
+    version="2",  # 1: average pooling; 2: GeM p=3
     dim=1280,
-    preprocessing=f"short side {SHORT_SIDE} bicubic, centre crop {CROP}, (x-127)/128; avg pool; L2",
+    preprocessing=f"short side {SHORT_SIDE} bicubic, centre crop {CROP}, (x-127)/128; GeM p=3; L2",
 )
 
 

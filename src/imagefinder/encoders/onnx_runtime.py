@@ -31,6 +31,10 @@ class OnnxEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
+        # By default ORT's threads spin after each run, waiting for the next; on a 2-core machine
+        # that steals the CPU from the decoding and preprocessing done between runs. Measured on
+        # the dev benchmark: indexing 48 -> 59 images/s, a 3-view query 75 -> 46 ms.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -131,13 +131,27 @@ class EmbeddedStore:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def search(self, vector: NDArray[np.float32], k: int) -> list[Hit]:
+    def search(
+        self,
+        vector: NDArray[np.float32],
+        k: int,
+        penalties: NDArray[np.float32] | None = None,
+    ) -> list[Hit]:
+        """The k best matches. `vector` is one (dim,) vector, or several views of one query
+        (views, dim): then an image scores its best view, less that view's penalty."""
         with self._lock:
             self._reload_if_changed_elsewhere()
             n = len(self._ids)
             if n == 0 or k < 1:
                 return []
-            scores = self._vectors[:n] @ np.asarray(vector, dtype=np.float32)
+            query = np.asarray(vector, dtype=np.float32)
+            if query.ndim == 1:
+                scores = self._vectors[:n] @ query
+            else:
+                per_view = self._vectors[:n] @ query.T
+                if penalties is not None:
+                    per_view -= np.asarray(penalties, dtype=np.float32)
+                scores = per_view.max(axis=1)
             k = min(k, n)
             if k < n:
                 # Every row scoring at least the k-th best, so ties at the cut are all considered.
@@ -173,6 +187,22 @@ class EmbeddedStore:
             for image_id, payload in rows:
                 yield image_id, json.loads(payload)
             last = rows[-1][0]
+
+    def vectors(self) -> NDArray[np.float32]:
+        """A copy of all vectors (n, dim), in no particular order."""
+        with self._lock:
+            self._reload_if_changed_elsewhere()
+            return self._vectors[: len(self._ids)].copy()
+
+    def get_meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (f"user.{key}",)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Small facts about the index (a calibrated threshold), kept with it."""
+        with self._lock, self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"user.{key}", value))
 
     def get_vector(self, image_id: str) -> NDArray[np.float32] | None:
         with self._lock:
