@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index test test-slow lint bench-quality bench-ingest bench-api bench-search clean
+.PHONY: install run demo-index browser test test-slow lint bench-quality bench-ingest bench-api bench-search clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,16 @@ run: demo-index
 	@echo "Ready: curl -F file=@$(DEMO)/photos/chelsea.png 'http://127.0.0.1:8000/search?k=3'"
 	$(BIN)/imagefinder --home $(DEMO) serve
 
-test: install
+# The page's tests drive a real browser: Debian's Chromium, installed here when it is missing.
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing Chromium (Debian package) for the page's browser tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+test: install browser
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest -q -m "not slow"
+	IMAGEFINDER_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

@@ -4,12 +4,7 @@ deleted is searchable afterwards, at rank 1 for its own bytes."""
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,45 +14,18 @@ import httpx
 import pytest
 
 from tests.factories import encode, gradient
+from tests.live import live_server
 
 DURATION_S = 20.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def live_server(tmp_path: Path, photos: Path, model_cache: Path) -> Iterator[str]:
-    home = tmp_path / "home"
-    shutil.copytree(model_cache, home / "models")
-    env = {**os.environ, "IMAGEFINDER_HOME": str(home)}
-    cli = [sys.executable, "-m", "imagefinder"]
-    subprocess.run([*cli, "index", str(photos), "--quiet"], env=env, check=True, capture_output=True)
-    port = free_port()
-    server = subprocess.Popen(
-        [*cli, "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+def server(tmp_path: Path, photos: Path, model_cache: Path) -> Iterator[str]:
+    with live_server(tmp_path / "home", photos, model_cache) as base:
         yield base
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
-def test_searches_adds_and_deletes_together(live_server: str, photos: Path) -> None:
+def test_searches_adds_and_deletes_together(server: str, photos: Path) -> None:
     queries = [p.read_bytes() for p in sorted(photos.iterdir())]
     errors: list[str] = []
     acknowledged: dict[str, bytes] = {}
@@ -67,7 +35,7 @@ def test_searches_adds_and_deletes_together(live_server: str, photos: Path) -> N
 
     def searcher(seed: int) -> None:
         rng = random.Random(seed)
-        with httpx.Client(base_url=live_server, timeout=30) as client:
+        with httpx.Client(base_url=server, timeout=30) as client:
             while time.monotonic() < stop:
                 response = client.post("/search", params={"k": 5}, files={"file": ("q", rng.choice(queries))})
                 with lock:
@@ -78,7 +46,7 @@ def test_searches_adds_and_deletes_together(live_server: str, photos: Path) -> N
     def writer(seed: int) -> None:
         rng = random.Random(seed)
         mine: list[str] = []
-        with httpx.Client(base_url=live_server, timeout=30) as client:
+        with httpx.Client(base_url=server, timeout=30) as client:
             n = 0
             while time.monotonic() < stop:
                 n += 1
@@ -111,7 +79,7 @@ def test_searches_adds_and_deletes_together(live_server: str, photos: Path) -> N
 
     assert errors == []
     assert counts["search"] > 50 and counts["add"] > 10 and counts["delete"] > 0, counts
-    with httpx.Client(base_url=live_server, timeout=30) as client:
+    with httpx.Client(base_url=server, timeout=30) as client:
         assert client.get("/health").json()["images"] == len(queries) + len(acknowledged)
         for image_id, data in acknowledged.items():
             top = client.post("/search", params={"k": 1}, files={"file": ("q", data)}).json()["results"][0]

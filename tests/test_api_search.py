@@ -210,6 +210,8 @@ def test_every_route_answers_errors_in_one_shape(client: TestClient) -> None:
         ("POST", "/images"): {"content": b"x", "headers": {"content-type": "text/plain"}},
         ("GET", "/images/{image_id}"): {"url": "/images/none/such"},
         ("GET", "/images/{image_id}/file"): {"url": "/images/none/file"},
+        ("GET", "/images/{image_id}/thumbnail"): {"url": "/images/none/thumbnail"},
+        ("GET", "/images"): {"params": {"limit": 0}},
         ("DELETE", "/images/{image_id}"): {"url": "/images/none"},
         ("GET", "/health"): {"method": "PUT"},
         ("GET", "/ready"): {"method": "DELETE"},

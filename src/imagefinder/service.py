@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from imagefinder.stores.base import Hit, Payload, VectorStore
 # lower, so that they win only clearly. Measured on the dev benchmark: mirror_rot90 recall@1
 # 0.75 -> 0.98 and overall 0.868 -> 0.889, for three encoder runs per query instead of one.
 VIEW_PENALTIES = np.array([0.0, 0.1, 0.1], dtype=np.float32)
+THUMBNAIL_SIDE = 256
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class ImageFinder:
         fetcher: HttpFetcher | None = None,
         blobs: BlobStore | None = None,
         rotated_queries: bool = True,
+        thumbnails: Path | None = None,
     ) -> None:
         self.encoder = encoder
         self.store = store
@@ -83,6 +86,7 @@ class ImageFinder:
         self._blobs = blobs
         self._add_lock = threading.Lock()
         self._rotated_queries = rotated_queries
+        self._thumbnails = thumbnails
         self._indexer = Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers)
 
     @property
@@ -184,6 +188,28 @@ class ImageFinder:
         if urlparse(uri).scheme in ("http", "https"):
             return FileLocation(url=uri)
         raise UnknownIdError(image_id)  # indexed, but its original is gone
+
+    def browse(self, offset: int, limit: int) -> list[tuple[str, Payload]]:
+        return self.store.page(offset, limit)
+
+    def thumbnail(self, image_id: str) -> Path:
+        """A small JPEG of the image (long side 256 px), made once and cached by content hash, so
+        a gallery never ships multi-megabyte originals. Only for originals on this machine."""
+        payload = self.get(image_id)
+        location = self.file_location(image_id)
+        if location.path is None or self._thumbnails is None:
+            raise UnknownIdError(image_id)
+        digest = str(payload.get("hash") or content_hash(location.path.read_bytes()))
+        target = self._thumbnails / digest[:2] / f"{digest}.jpg"
+        if target.exists():
+            return target
+        image = decode_image(location.path.read_bytes(), self.limits, image_id, THUMBNAIL_SIDE)
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{threading.get_ident()}.tmp")
+        image.save(partial, "JPEG", quality=85)
+        os.replace(partial, target)  # whole or not at all, even with two requests at once
+        return target
 
     # -- search ----------------------------------------------------------------------------
 

@@ -51,4 +51,5 @@ def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> Ima
         fetcher=build_fetcher(settings, settings.api.allow_private_urls),
         blobs=BlobStore(settings.files_dir),
         rotated_queries=settings.rotated_queries,
+        thumbnails=settings.home_dir / "thumbnails",
     )

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.formparsers import MultiPartParser
 
 from imagefinder import __version__
-from imagefinder.api import images, search
+from imagefinder.api import images, page, search
 from imagefinder.api.batcher import MicroBatcher
 from imagefinder.api.deps import Service
 from imagefinder.api.errors import install_error_handlers
@@ -108,6 +108,8 @@ def create_app(
 
     app.include_router(search.router)
     app.include_router(images.router)
+    app.include_router(page.router)
+    app.mount("/static", page.static_files(), name="static")
     return app
 
 

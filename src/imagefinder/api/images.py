@@ -4,9 +4,10 @@ Ids may contain slashes (folder ids are relative paths), so routes take the id a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +15,7 @@ from starlette.datastructures import UploadFile
 
 from imagefinder.api.deps import ReadAccess, Service, WriteAccess, read_limited
 from imagefinder.api.errors import ApiError, describe_validation
-from imagefinder.api.schemas import Added, AddUrl, ImageRecord
+from imagefinder.api.schemas import Added, AddUrl, ImagePage, ImageRecord, ImageSummary, ModelInfo
 
 router = APIRouter(prefix="/images", tags=["images"])
 
@@ -86,6 +87,43 @@ async def add_image(request: Request, response: Response, service: Service) -> A
 
 
 @router.get(
+    "",
+    response_model=ImagePage,
+    summary="Browse the collection: a page of images in id order",
+    dependencies=[ReadAccess],
+)
+def list_images(
+    service: Service,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=200)] = 48,
+) -> ImagePage:
+    images = [
+        ImageSummary(
+            id=image_id,
+            uri=str(payload.get("uri", "")),
+            width=payload.get("width"),
+            height=payload.get("height"),
+            thumbnail_url=image_url(image_id, "thumbnail"),
+            file_url=image_url(image_id, "file"),
+        )
+        for image_id, payload in service.browse(offset, limit)
+    ]
+    model = ModelInfo(name=service.model.name, version=service.model.version)
+    return ImagePage(total=service.count(), offset=offset, limit=limit, model=model, images=images)
+
+
+@router.get(
+    "/{image_id:path}/thumbnail",
+    summary="A small JPEG of the image (long side 256 px), cached",
+    response_class=Response,
+    dependencies=[ReadAccess],
+)
+def image_thumbnail(image_id: str, service: Service) -> Response:
+    path = service.thumbnail(image_id)
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.get(
     "/{image_id:path}/file",
     summary="The original image (or a redirect to its URL)",
     response_class=Response,
@@ -115,3 +153,8 @@ def get_image(image_id: str, service: Service) -> ImageRecord:
 def delete_image(image_id: str, service: Service) -> Response:
     service.delete(image_id)
     return Response(status_code=204)
+
+
+def image_url(image_id: str, what: str) -> str:
+    """This API's link to an image's `file` or `thumbnail`."""
+    return f"/images/{quote(image_id, safe='/')}/{what}"

@@ -59,6 +59,10 @@ def install_observability(app: FastAPI, metrics: Metrics) -> None:
         metrics.requests.labels(request.method, route, str(response.status_code)).inc()
         metrics.latency.labels(request.method, route).observe(elapsed)
         response.headers["X-Request-ID"] = request_id
+        # Safe defaults for every answer: no MIME sniffing, no referrer leaks, no framing.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        response.headers.setdefault("X-Frame-Options", "DENY")
         access_log.info(
             json.dumps(
                 {

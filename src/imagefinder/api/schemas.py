@@ -20,6 +20,7 @@ class Result(BaseModel):
         description="Score at or above this collection's calibrated copy threshold: very likely "
         "the same photo (edited, cropped, recompressed), not merely a similar one."
     )
+    thumbnail_url: str = Field(description="A small JPEG of the image (long side 256 px).")
     file_url: str = Field(
         description="This API's link to the image itself.", examples=["/images/photos/cat.jpg/file"]
     )
@@ -92,3 +93,20 @@ class Added(BaseModel):
 class ImageRecord(BaseModel):
     id: str
     payload: dict[str, Any] = Field(description="uri, hash, bytes, width, height, added_at, model, ...")
+
+
+class ImageSummary(BaseModel):
+    id: str
+    uri: str
+    width: int | None = None
+    height: int | None = None
+    thumbnail_url: str
+    file_url: str
+
+
+class ImagePage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    model: ModelInfo
+    images: list[ImageSummary]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import ValidationError
@@ -13,6 +12,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from imagefinder.api.deps import ReadAccess, Service, Settings, embed_prepared, read_limited
 from imagefinder.api.errors import ApiError, describe_validation, error_body
+from imagefinder.api.images import image_url
 from imagefinder.api.schemas import (
     BatchItem,
     BatchResponse,
@@ -176,4 +176,8 @@ def _model(service: ImageFinder) -> ModelInfo:
 
 
 def _to_result(result: SearchResult) -> Result:
-    return Result(**result.to_dict(), file_url=f"/images/{quote(result.id, safe='/')}/file")
+    return Result(
+        **result.to_dict(),
+        file_url=image_url(result.id, "file"),
+        thumbnail_url=image_url(result.id, "thumbnail"),
+    )

@@ -188,6 +188,14 @@ class EmbeddedStore:
                 yield image_id, json.loads(payload)
             last = rows[-1][0]
 
+    def page(self, offset: int, limit: int) -> list[tuple[str, Payload]]:
+        """(id, payload) in id order, `limit` of them from `offset`: for browsing the collection."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, payload FROM images ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+            ).fetchall()
+        return [(image_id, json.loads(payload)) for image_id, payload in rows]
+
     def vectors(self) -> NDArray[np.float32]:
         """A copy of all vectors (n, dim), in no particular order."""
         with self._lock:
