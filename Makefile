@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser test test-slow lint bench-quality bench-ingest bench-api bench-search clean
+.PHONY: install run demo-index browser test test-slow lint bench-quality bench-ingest bench-api bench-hf bench-search clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench-ingest: install
 # POST /search under load: 1 and 8 clients, micro-batching off and on.
 bench-api: install
 	$(BIN)/python bench/api_load.py --out bench/results/api_load.json
+
+# Hugging Face encoders' CPU speed next to the default (tiny test models unless given others).
+bench-hf: install
+	$(BIN)/python bench/hf_speed.py --out bench/results/hf_speed.json
 
 # POST /search latency against a real server on 127.0.0.1 -> bench/results/search_latency.json
 bench-search: install

@@ -25,7 +25,7 @@ from imagefinder.evaluation.runner import read_ground_truth
 from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
-from imagefinder.wiring import service_for
+from imagefinder.wiring import build_configured_encoder, service_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,9 +95,8 @@ def main() -> None:
     settings = Settings()
     if args.no_rotated_queries:
         settings = settings.model_copy(update={"rotated_queries": False})
-    from imagefinder.encoders import build_encoder
 
-    encoder = build_encoder(settings.encoder, settings.model_cache_dir)
+    encoder = build_configured_encoder(settings)
     output: dict[str, object] = {
         "encoder": {
             "name": encoder.info.name,

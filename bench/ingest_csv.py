@@ -111,11 +111,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from imagefinder.config import Settings
-    from imagefinder.encoders import build_encoder
     from imagefinder.service import ImageFinder
     from imagefinder.sources import CsvSource
     from imagefinder.stores.embedded import EmbeddedStore
-    from imagefinder.wiring import build_fetcher, image_limits
+    from imagefinder.wiring import build_configured_encoder, build_fetcher, image_limits
 
     settings = Settings()
     rng = random.Random(7)
@@ -131,7 +130,7 @@ def main() -> None:
         try:
             base = server.stdout.readline().strip()  # type: ignore[union-attr]
             plan = build_csv(work / "list.csv", base, good, extra, args.rows, rng)
-            encoder = build_encoder(settings.encoder, settings.model_cache_dir)
+            encoder = build_configured_encoder(settings)
             service = ImageFinder(
                 encoder,
                 EmbeddedStore(work / "index"),

@@ -48,13 +48,20 @@ def _user_errors(function: F) -> F:
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder of the index (default <home>/index or $IMAGEFINDER_STORE__PATH).",
 )
+@click.option(
+    "--model",
+    help="Image encoder: efficientnet-lite0 (default) or hf:<Hugging Face id or local folder> "
+    "(or $IMAGEFINDER_ENCODER). An index stays tied to the model that built it.",
+)
 @click.version_option(package_name="imagefinder")
 @click.pass_context
-def main(ctx: click.Context, home: Path | None, store_path: Path | None) -> None:
+def main(ctx: click.Context, home: Path | None, store_path: Path | None, model: str | None) -> None:
     """ImageFinder: index a collection of images, then find the ones that look like a query."""
     overrides: dict[str, Any] = {}
     if home is not None:
         overrides["home"] = home
+    if model is not None:
+        overrides["encoder"] = model
     settings = Settings(**overrides)
     if store_path is not None:
         settings = settings.model_copy(update={"store": StoreSettings(path=store_path)})
@@ -138,18 +145,25 @@ def index(
 
 
 @main.command()
-@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--text", help="Search by a description instead (CLIP-family models), e.g. 'red bicycle'.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_context
 @_user_errors
-def search(ctx: click.Context, image: Path, k: int, as_json: bool) -> None:
-    """Print the k indexed images most similar to IMAGE, best first."""
+def search(ctx: click.Context, image: Path | None, text: str | None, k: int, as_json: bool) -> None:
+    """Print the k indexed images most similar to IMAGE (or matching --text), best first."""
     from imagefinder.wiring import build_service
 
+    if (image is None) == (text is None):
+        raise click.UsageError("give an IMAGE or --text, not both")
     service = build_service(_settings(ctx))
     try:
-        results = service.search_bytes(image.read_bytes(), k, str(image))
+        if text is not None:
+            results = service.search_text(text, k)
+        else:
+            assert image is not None
+            results = service.search_bytes(image.read_bytes(), k, str(image))
         model = service.model
         threshold = service.copy_threshold
     finally:
@@ -304,12 +318,11 @@ def evaluate(
     html_out: Path | None,
 ) -> None:
     """Measure retrieval quality: recall@1/5/10, precision@k, mAP and micro-AP."""
-    from imagefinder.encoders import build_encoder
     from imagefinder.evaluation.report import write_html
     from imagefinder.evaluation.runner import evaluate_ground_truth, evaluate_labelled, read_groups
     from imagefinder.service import ImageFinder
     from imagefinder.stores.embedded import EmbeddedStore
-    from imagefinder.wiring import service_for
+    from imagefinder.wiring import build_configured_encoder, service_for
 
     settings = _settings(ctx)
     if labelled is None and (
@@ -318,7 +331,7 @@ def evaluate(
         raise click.UsageError(
             "give --labelled DIR, or --queries DIR --ground-truth CSV with --collection DIR or --use-index"
         )
-    encoder = build_encoder(settings.encoder, settings.model_cache_dir)
+    encoder = build_configured_encoder(settings)
 
     def make_service(store_dir: Path) -> ImageFinder:
         return service_for(settings, encoder, EmbeddedStore(store_dir))
@@ -384,6 +397,28 @@ def make_benchmark_command(source: Path, out: Path, seed: int, families: str | N
         f"measure it: imagefinder evaluate --collection {out}/collection --queries {out}/queries "
         f"--ground-truth {out}/ground_truth.csv --groups {out}/query_transforms.csv"
     )
+
+
+@main.command()
+def models() -> None:
+    """List the encoders an index can be built with, and Hugging Face models already downloaded."""
+    click.echo(
+        "efficientnet-lite0      the default: ImageNet EfficientNet-Lite0 (1280-d, GeM), works offline"
+    )
+    click.echo("hf:<id or folder>       any transformers vision model: ViT (CLS or mean), CLIP and SigLIP")
+    click.echo("                        (projected; text search), DINOv2 (CLS + patch mean), e.g.")
+    click.echo(
+        "                        hf:google/vit-base-patch16-224-in21k  hf:openai/clip-vit-base-patch32"
+    )
+    click.echo("                        hf:facebook/dinov2-small")
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        cached = sorted(repo.repo_id for repo in scan_cache_dir().repos if repo.repo_type == "model")
+    except Exception:  # noqa: BLE001 - no cache yet, or huggingface_hub missing: nothing cached
+        cached = []
+    click.echo(f"downloaded to the Hugging Face cache: {', '.join('hf:' + c for c in cached) or 'none'}")
+    click.echo("A new model needs a new index: imagefinder --model hf:... --store NEW_DIR index PATH")
 
 
 @main.command("demo-data")

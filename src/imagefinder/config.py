@@ -75,7 +75,16 @@ class Settings(BaseSettings):
         Path("~/.imagefinder"),
         description="Data directory: the index, cached ONNX models and reports live here.",
     )
-    encoder: str = Field("efficientnet-lite0", description="Name of the image encoder.")
+    encoder: str = Field(
+        "efficientnet-lite0",
+        description="The image encoder: efficientnet-lite0, or hf:<Hugging Face id or local folder>.",
+    )
+    hf_pooling: str = Field(
+        "auto",
+        description="For hf: models: auto (CLIP/SigLIP projection, DINOv2 cls+mean, else cls), "
+        "cls, mean or cls+mean.",
+    )
+    device: str = Field("auto", description="Where hf: models run: auto (a GPU when present), cpu or cuda.")
     batch_size: int = Field(32, ge=1, le=1024, description="Images per encoder call when indexing.")
     decode_workers: int = Field(
         2, ge=1, le=64, description="Threads decoding and preprocessing images while indexing."

@@ -60,6 +60,10 @@ class DuplicateImageError(ImageFinderError):
         self.existing_id = existing_id
 
 
+class TextSearchUnsupportedError(ImageFinderError):
+    """A text query to an encoder that embeds only images (text needs a CLIP-family model)."""
+
+
 class SourceError(ImageFinderError):
     """A collection source (folder, CSV) cannot be read at all, e.g. a CSV without a url column."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,13 @@ from PIL import Image
 from imagefinder.blobs import BlobStore
 from imagefinder.calibration import DEFAULT_THRESHOLD, copy_threshold
 from imagefinder.encoders.base import Encoder, EncoderInfo
-from imagefinder.errors import DuplicateImageError, ImageFinderError, InvalidIdError, UnknownIdError
+from imagefinder.errors import (
+    DuplicateImageError,
+    ImageFinderError,
+    InvalidIdError,
+    TextSearchUnsupportedError,
+    UnknownIdError,
+)
 from imagefinder.fetch import HttpFetcher
 from imagefinder.ids import id_problem
 from imagefinder.images import ImageLimits, content_hash, decode_image
@@ -255,6 +261,21 @@ class ImageFinder:
             image.transpose(Image.Transpose.TRANSPOSE),
             image.transpose(Image.Transpose.TRANSVERSE),
         ]
+
+    @property
+    def supports_text(self) -> bool:
+        return getattr(self.encoder, "embed_texts", None) is not None
+
+    def search_text(self, text: str, k: int, min_score: float | None = None) -> list[SearchResult]:
+        """Images matching a description ("red bicycle"), for CLIP-family encoders. The copy
+        flag is for image queries, so text results never carry it."""
+        embed_texts = getattr(self.encoder, "embed_texts", None)
+        if embed_texts is None:
+            raise TextSearchUnsupportedError(
+                f"text search needs a CLIP-family model; this index uses {self.model.name}"
+            )
+        vector = embed_texts([text])[0]
+        return [replace(r, is_copy=False) for r in self.search_vector(vector, k, min_score)]
 
     def search_bytes(
         self, data: bytes, k: int, source: str = "<upload>", min_score: float | None = None

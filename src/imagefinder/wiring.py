@@ -33,8 +33,12 @@ def build_fetcher(settings: Settings, allow_private: bool) -> HttpFetcher:
     )
 
 
+def build_configured_encoder(settings: Settings) -> Encoder:
+    return build_encoder(settings.encoder, settings.model_cache_dir, settings.hf_pooling, settings.device)
+
+
 def build_service(settings: Settings) -> ImageFinder:
-    encoder = build_encoder(settings.encoder, settings.model_cache_dir)
+    encoder = build_configured_encoder(settings)
     return service_for(settings, encoder, open_store(settings))
 
 

@@ -84,7 +84,11 @@ def create_app(
         loaded: ImageFinder | None = request.app.state.service
         model = ModelInfo(name=loaded.model.name, version=loaded.model.version) if loaded else None
         return Health(
-            status="ok", version=__version__, model=model, images=loaded.count() if loaded else None
+            status="ok",
+            version=__version__,
+            model=model,
+            images=loaded.count() if loaded else None,
+            text_search=bool(loaded and loaded.supports_text),
         )
 
     @app.get(

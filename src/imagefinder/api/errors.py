@@ -19,6 +19,7 @@ from imagefinder.errors import (
     ImageFinderError,
     ImageTooLargeError,
     InvalidIdError,
+    TextSearchUnsupportedError,
     UnknownIdError,
     UnsupportedImageError,
 )
@@ -33,6 +34,7 @@ _STATUS: list[tuple[type[ImageFinderError], int, str]] = [
     (DuplicateImageError, 409, "duplicate_image"),
     (InvalidIdError, 422, "invalid_id"),
     (FetchError, 422, "fetch_failed"),
+    (TextSearchUnsupportedError, 422, "text_search_unsupported"),
 ]
 
 

@@ -34,15 +34,17 @@ class SearchResponse(BaseModel):
 
 
 class SearchQuery(BaseModel):
-    """Exactly one of `url` (an image to download) or `id` (an image already in the collection)."""
+    """Exactly one of `url` (an image to download), `id` (an image already in the collection) or
+    `text` (a description, for CLIP-family models)."""
 
     url: str | None = Field(None, description="http(s) URL of the query image.")
     id: str | None = Field(None, description="Id of an indexed image: search with its stored vector.")
+    text: str | None = Field(None, max_length=1000, description="A description, e.g. 'red bicycle'.")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchQuery:
-        if (self.url is None) == (self.id is None):
-            raise ValueError("give exactly one of url or id")
+        if sum(value is not None for value in (self.url, self.id, self.text)) != 1:
+            raise ValueError("give exactly one of url, id or text")
         return self
 
 
@@ -73,6 +75,7 @@ class Ready(BaseModel):
 class Health(BaseModel):
     status: str
     version: str
+    text_search: bool = Field(False, description="Whether the model can search by a description.")
     model: ModelInfo | None = Field(None, description="None while the model is still loading.")
     images: int | None = None
 

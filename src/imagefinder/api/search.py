@@ -93,6 +93,8 @@ async def search(
             raise ApiError(422, "invalid_request", describe_validation(exc)) from None
         if query.id is not None:
             results = await run_in_threadpool(service.search_id, query.id, k, min_score, exclude_self)
+        elif query.text is not None:
+            results = await run_in_threadpool(service.search_text, query.text, k, min_score)
         else:
             data = await run_in_threadpool(service.fetch_url, str(query.url))
             results = await _search_bytes(request, service, data, str(query.url), k, min_score)

@@ -12,9 +12,15 @@ KNOWN_ENCODERS = ("efficientnet-lite0",)
 __all__ = ["KNOWN_ENCODERS", "Encoder", "EncoderInfo", "build_encoder", "embed_images"]
 
 
-def build_encoder(name: str, cache_dir: Path) -> Encoder:
+def build_encoder(name: str, cache_dir: Path, pooling: str = "auto", device: str = "auto") -> Encoder:
     if name in ("efficientnet-lite0", "default"):
         from imagefinder.encoders.lite0 import lite0_encoder
 
         return lite0_encoder(cache_dir)
-    raise ModelUnavailableError(f"unknown encoder {name!r}; known: {', '.join(KNOWN_ENCODERS)}")
+    if name.startswith("hf:"):
+        from imagefinder.encoders.huggingface import load_hf_encoder
+
+        return load_hf_encoder(name[3:], cache_dir, pooling, device)  # type: ignore[no-any-return]
+    raise ModelUnavailableError(
+        f"unknown encoder {name!r}; use {', '.join(KNOWN_ENCODERS)} or hf:<Hugging Face id or folder>"
+    )

@@ -127,6 +127,11 @@ function searchByUrl(url) {
   return runSearch({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ url }) });
 }
 
+function searchByText(text) {
+  $("query").hidden = true;
+  return runSearch({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ text }) });
+}
+
 function searchById(id) {
   if (location.hash !== "#/") history.pushState(null, "", "#/");
   showQuery(imagePath(id) + "/thumbnail", "More like " + id);
@@ -190,6 +195,7 @@ async function loadInfo() {
     const health = await api("/health");
     const model = health.model ? `${health.model.name} v${health.model.version}` : "loading…";
     $("collection-info").textContent = `${health.images ?? "?"} images · ${model}`;
+    $("text-row").hidden = !health.text_search; // CLIP-family models search by a description
   } catch (error) {
     $("collection-info").textContent = error.message;
   }
@@ -216,8 +222,15 @@ function wire() {
     const url = $("url-input").value.trim();
     if (url) searchByUrl(url);
   });
+  $("text-button").addEventListener("click", () => {
+    const text = $("text-input").value.trim();
+    if (text) searchByText(text);
+  });
+  $("text-input").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") { event.preventDefault(); $("text-button").click(); }
+  });
   document.addEventListener("paste", (event) => {
-    if (document.activeElement === $("url-input")) return; // a normal paste into the URL box
+    if (["url-input", "text-input"].includes(document.activeElement.id)) return; // a normal paste
     for (const item of event.clipboardData.items) {
       if (item.kind === "file" && item.type.startsWith("image/")) {
         event.preventDefault();
