@@ -10,8 +10,10 @@ from pathlib import Path
 
 def _byte_alphabet() -> list[str]:
     """The byte-level BPE alphabet (GPT-2 / CLIP): each byte as a printable character."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
     )
     chars, extra = [], 0
     for byte in range(256):
@@ -64,10 +66,16 @@ def build_tiny_models(root: Path) -> dict[str, Path]:
         "eos_token_id": vocab["<|endoftext|>"],
         "pad_token_id": vocab["<|endoftext|>"],
     }
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).save_pretrained(paths["clip"])
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(paths["clip"])
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).save_pretrained(
+        paths["clip"]
+    )
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        paths["clip"]
+    )
     tokenizer.save_pretrained(paths["clip"])
 
     Dinov2Model(Dinov2Config(**vision)).save_pretrained(paths["dinov2"])
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(paths["dinov2"])
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        paths["dinov2"]
+    )
     return paths

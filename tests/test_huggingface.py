@@ -89,9 +89,15 @@ def test_a_model_that_does_not_export_runs_in_torch(
     assert np.allclose(embed_images(in_torch, images), embed_images(exported, images), atol=1e-4)
 
 
-def test_index_and_search_with_a_hub_model(tmp_path: Path, tiny: dict[str, Path], cache: Path, photos: Path) -> None:
-    service = ImageFinder(build_encoder(f"hf:{tiny['dinov2']}", cache), EmbeddedStore(tmp_path), ImageLimits(),
-                          rotated_queries=False)
+def test_index_and_search_with_a_hub_model(
+    tmp_path: Path, tiny: dict[str, Path], cache: Path, photos: Path
+) -> None:
+    service = ImageFinder(
+        build_encoder(f"hf:{tiny['dinov2']}", cache),
+        EmbeddedStore(tmp_path),
+        ImageLimits(),
+        rotated_queries=False,
+    )
     assert service.index(FolderSource(photos, 10**8)).indexed == len(list(photos.iterdir()))
     for path in sorted(photos.iterdir())[:6]:
         assert service.search_bytes(path.read_bytes(), k=1)[0].id == path.name
@@ -102,7 +108,9 @@ def test_clip_searches_by_text(tmp_path: Path, tiny: dict[str, Path], cache: Pat
     service.index(FolderSource(photos, 10**8))
     assert service.supports_text
     results = service.search_text("a red bicycle", k=4)
-    assert len(results) == 4 and [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+    assert len(results) == 4 and [r.score for r in results] == sorted(
+        (r.score for r in results), reverse=True
+    )
     assert not any(r.is_copy for r in results)
     with TestClient(create_app(service, ApiSettings())) as client:
         assert client.get("/health").json()["text_search"] is True
@@ -119,10 +127,14 @@ def test_text_search_needs_a_clip_family_model(tmp_path: Path) -> None:
         assert response.status_code == 422 and response.json()["error"]["code"] == "text_search_unsupported"
 
 
-def test_an_index_refuses_another_model(tmp_path: Path, tiny: dict[str, Path], cache: Path, photos: Path) -> None:
+def test_an_index_refuses_another_model(
+    tmp_path: Path, tiny: dict[str, Path], cache: Path, photos: Path
+) -> None:
     vit = build_encoder(f"hf:{tiny['vit']}", cache)
     ImageFinder(vit, EmbeddedStore(tmp_path), ImageLimits()).index(FolderSource(photos, 10**8))
-    with pytest.raises(EncoderMismatchError, match=r"built with encoder hf:.*vit.*cannot be searched.*dinov2"):
+    with pytest.raises(
+        EncoderMismatchError, match=r"built with encoder hf:.*vit.*cannot be searched.*dinov2"
+    ):
         ImageFinder(build_encoder(f"hf:{tiny['dinov2']}", cache), EmbeddedStore(tmp_path), ImageLimits())
 
 
@@ -133,12 +145,16 @@ def test_a_hub_id_fails_at_once_and_clearly_when_offline(cache: Path) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_cli_with_a_hub_model_and_text(tmp_path: Path, tiny: dict[str, Path], cache: Path, photos: Path) -> None:
+def test_cli_with_a_hub_model_and_text(
+    tmp_path: Path, tiny: dict[str, Path], cache: Path, photos: Path
+) -> None:
     env = {**os.environ, "IMAGEFINDER_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     cli = [sys.executable, "-m", "imagefinder", "--model", f"hf:{tiny['clip']}"]
     for args in (["index", str(photos), "--quiet"], ["search", "--text", "a rocket", "-k", "2", "--json"]):
         done = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr
     assert len(json.loads(done.stdout)["results"]) == 2
-    listing = subprocess.run([sys.executable, "-m", "imagefinder", "models"], capture_output=True, text=True, env=env)
+    listing = subprocess.run(
+        [sys.executable, "-m", "imagefinder", "models"], capture_output=True, text=True, env=env
+    )
     assert "efficientnet-lite0" in listing.stdout and "hf:google/vit-base-patch16-224-in21k" in listing.stdout

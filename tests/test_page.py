@@ -51,10 +51,16 @@ def browser() -> Iterator[object]:
 @pytest.fixture
 def page(browser, base_url: str):  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    opened = context.new_page()
-    opened.goto(base_url + "/")
-    yield opened
+    yield open_page(context, base_url)
     context.close()
+
+
+def open_page(context, url: str):  # type: ignore[no-untyped-def]
+    """Open the page and wait until its script has run (it then fills in the collection line)."""
+    opened = context.new_page()
+    opened.goto(url + "/")
+    opened.wait_for_function("() => document.querySelector('#collection-info').textContent.length > 0")
+    return opened
 
 
 def result_scores(page) -> list[float]:  # type: ignore[no-untyped-def]
@@ -131,8 +137,7 @@ def test_browse_and_detail_views(page, photos: Path) -> None:  # type: ignore[no
 
 def test_keyboard_and_a_narrow_screen(browser, base_url: str, photos: Path) -> None:  # type: ignore[no-untyped-def]
     context = browser.new_context(viewport={"width": 360, "height": 740})
-    page = context.new_page()
-    page.goto(base_url + "/")
+    page = open_page(context, base_url)
     # The drop zone is reachable with the keyboard and opens the file chooser on Enter.
     for _ in range(6):
         page.keyboard.press("Tab")
