@@ -4,7 +4,7 @@ Ids may contain slashes (folder ids are relative paths), so routes take the id a
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
@@ -15,28 +15,26 @@ from starlette.datastructures import UploadFile
 
 from imagefinder.api.deps import ReadAccess, Service, WriteAccess, read_limited
 from imagefinder.api.errors import ApiError, describe_validation
-from imagefinder.api.schemas import Added, AddUrl, ImagePage, ImageRecord, ImageSummary, ModelInfo
+from imagefinder.api.schemas import (
+    Added,
+    AddUrl,
+    ImagePage,
+    ImageRecord,
+    ImageSummary,
+    ModelInfo,
+    multipart_or_json_body,
+)
 
 router = APIRouter(prefix="/images", tags=["images"])
 
-_ADD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "id": {"type": "string", "description": "default: the content hash"},
-                    },
-                }
-            },
-            "application/json": {"schema": AddUrl.model_json_schema()},
-        },
-    }
-}
+_ADD_BODY = multipart_or_json_body(
+    {
+        "file": {"type": "string", "format": "binary"},
+        "id": {"type": "string", "description": "default: the content hash"},
+    },
+    ["file"],
+    AddUrl,
+)
 
 
 @router.post(

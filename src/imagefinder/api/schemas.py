@@ -113,3 +113,27 @@ class ImagePage(BaseModel):
     limit: int
     model: ModelInfo
     images: list[ImageSummary]
+
+
+def multipart_or_json_body(
+    parts: dict[str, Any],
+    required: list[str],
+    json_model: type[BaseModel],
+    examples: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """OpenAPI `requestBody` of a route that takes either a multipart form or a JSON body (the
+    routes parse the body themselves, so FastAPI cannot describe it on its own)."""
+    json_content: dict[str, Any] = {"schema": json_model.model_json_schema()}
+    if examples:
+        json_content["examples"] = examples
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": required, "properties": parts}
+                },
+                "application/json": json_content,
+            },
+        }
+    }

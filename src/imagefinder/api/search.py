@@ -20,6 +20,7 @@ from imagefinder.api.schemas import (
     Result,
     SearchQuery,
     SearchResponse,
+    multipart_or_json_body,
 )
 from imagefinder.errors import ImageFinderError
 from imagefinder.service import ImageFinder, SearchResult
@@ -36,27 +37,16 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "The model and the index are still loading"},
 }
 
-_SEARCH_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                }
-            },
-            "application/json": {
-                "schema": SearchQuery.model_json_schema(),
-                "examples": {
-                    "by url": {"value": {"url": "https://example.org/cat.jpg"}},
-                    "more like this": {"value": {"id": "photos/cat.jpg"}},
-                },
-            },
-        },
-    }
-}
+_SEARCH_BODY = multipart_or_json_body(
+    {"file": {"type": "string", "format": "binary"}},
+    ["file"],
+    SearchQuery,
+    examples={
+        "by url": {"value": {"url": "https://example.org/cat.jpg"}},
+        "more like this": {"value": {"id": "photos/cat.jpg"}},
+        "by text (CLIP-family models)": {"value": {"text": "red bicycle"}},
+    },
+)
 
 
 @router.post(
