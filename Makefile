@@ -44,7 +44,7 @@ lint: install
 # Dev benchmark (../shared/benchmarks): recall@1 etc. of the default encoder -> bench/results/.
 bench-quality: install
 	$(BIN)/python bench/dev_benchmark.py --out bench/results/dev_benchmark.json
-	$(BIN)/python bench/dev_benchmark.py --no-rotated-queries --out bench/results/dev_benchmark_no_rotated_queries.json
+	$(BIN)/python bench/dev_benchmark.py --rotated-queries --out bench/results/dev_benchmark_rotated_queries.json
 
 # 2,000-row CSV over a local HTTP server: images/s, stage times, every row accounted for.
 bench-ingest: install

@@ -85,16 +85,14 @@ def main() -> None:
     parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dev_benchmark.json")
     parser.add_argument(
-        "--no-rotated-queries",
-        action="store_true",
-        help="Search with the query as it is only (no mirrored/turned views).",
+        "--rotated-queries", action="store_true", help="Also search with mirrored and turned query views."
     )
     args = parser.parse_args()
     if not (args.benchmarks / "score.py").is_file():
         sys.exit(f"no development benchmark at {args.benchmarks} (it lives in ../shared/benchmarks)")
     settings = Settings()
-    if args.no_rotated_queries:
-        settings = settings.model_copy(update={"rotated_queries": False})
+    if args.rotated_queries:
+        settings = settings.model_copy(update={"rotated_queries": True})
 
     encoder = build_configured_encoder(settings)
     output: dict[str, object] = {

@@ -75,14 +75,17 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             with httpx.Client(timeout=30) as client:
                 deadline = time.monotonic() + 120
-                while True:
+                while True:  # /ready: the model and the index are loaded
                     try:
-                        images = client.get(f"{base}/health").json()["images"]
-                        break
+                        ready = client.get(f"{base}/ready")
+                        if ready.status_code == 200:
+                            images = ready.json()["images"]
+                            break
                     except httpx.TransportError:
-                        if time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.2)
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the server did not become ready")
+                    time.sleep(0.2)
                 rows = {}
                 for name, data in queries.items():
                     for _ in range(10):  # warm-up

@@ -65,3 +65,18 @@ def test_edited_copy_finds_its_original_first(
         if results[0].id != path.name:
             misses.append((path.name, [(r.id, round(r.score, 3)) for r in results]))
     assert misses == []
+
+
+def test_rotated_queries_find_a_mirrored_and_turned_copy(
+    tmp_path: Path, real_encoder: OnnxEncoder, photos: Path
+) -> None:
+    service = ImageFinder(real_encoder, EmbeddedStore(tmp_path / "index"), LIMITS, rotated_queries=True)
+    service.index(FolderSource(photos, LIMITS.max_bytes))
+    found = 0
+    for path in sorted(photos.iterdir()):
+        turned = Image.open(path).convert("RGB").transpose(Image.Transpose.TRANSPOSE)  # mirror + 90 degrees
+        buffer = io.BytesIO()
+        turned.save(buffer, "JPEG", quality=85)
+        top = service.search_bytes(buffer.getvalue(), k=1)[0]
+        found += top.id == path.name
+    assert found == len(list(photos.iterdir()))

@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         2, ge=1, le=64, description="Threads decoding and preprocessing images while indexing."
     )
     rotated_queries: bool = Field(
-        True,
+        False,
         description="Also search with the query mirrored and turned 90 degrees (finds rotated "
         "copies; three encoder runs per query instead of one).",
     )

@@ -36,10 +36,11 @@ from imagefinder.indexer import Indexer, IndexReport
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Hit, Payload, VectorStore
 
-# A query is also searched transposed and transversed (the original mirrored and turned 90
-# degrees either way), which finds copies that were rotated or mirrored; those views score 0.1
+# With `rotated_queries`, a query is also searched transposed and transversed (mirrored and turned
+# 90 degrees either way), which finds copies that were rotated or mirrored; those views score 0.1
 # lower, so that they win only clearly. Measured on the dev benchmark: mirror_rot90 recall@1
-# 0.75 -> 0.98 and overall 0.868 -> 0.889, for three encoder runs per query instead of one.
+# 0.75 -> 0.98 and overall 0.868 -> 0.889, but three encoder runs per query instead of one
+# (POST /search p50 about 20 -> 50 ms on 2 cores), so it is off unless asked for.
 VIEW_PENALTIES = np.array([0.0, 0.1, 0.1], dtype=np.float32)
 THUMBNAIL_SIDE = 256
 
@@ -82,7 +83,7 @@ class ImageFinder:
         fetch_workers: int = 8,
         fetcher: HttpFetcher | None = None,
         blobs: BlobStore | None = None,
-        rotated_queries: bool = True,
+        rotated_queries: bool = False,
         thumbnails: Path | None = None,
     ) -> None:
         self.encoder = encoder
