@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         description="Also search with the query mirrored and turned 90 degrees (finds rotated "
         "copies; three encoder runs per query instead of one).",
     )
+    whitening: float = Field(
+        0.25,
+        ge=0,
+        le=1,
+        description="Power of the PCA-whitening learned on the collection after each index run "
+        "(0: off). Used from 50 images on.",
+    )
     images: ImageSettings = Field(default_factory=ImageSettings)
     fetch: FetchSettingsModel = Field(default_factory=FetchSettingsModel)
     store: StoreSettings = Field(default_factory=StoreSettings)

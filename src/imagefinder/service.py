@@ -35,6 +35,7 @@ from imagefinder.images import ImageLimits, content_hash, decode_image
 from imagefinder.indexer import Indexer, IndexReport
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Hit, Payload, VectorStore
+from imagefinder.whitening import DEFAULT_POWER, fit_whitening
 
 # With `rotated_queries`, a query is also searched transposed and transversed (mirrored and turned
 # 90 degrees either way), which finds copies that were rotated or mirrored; those views score 0.1
@@ -85,6 +86,7 @@ class ImageFinder:
         blobs: BlobStore | None = None,
         rotated_queries: bool = False,
         thumbnails: Path | None = None,
+        whitening: float = DEFAULT_POWER,
     ) -> None:
         self.encoder = encoder
         self.store = store
@@ -94,6 +96,7 @@ class ImageFinder:
         self._add_lock = threading.Lock()
         self._rotated_queries = rotated_queries
         self._thumbnails = thumbnails
+        self._whitening = whitening
         self._indexer = Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers)
 
     @property
@@ -113,8 +116,16 @@ class ImageFinder:
     ) -> IndexReport:
         report = self._indexer.index(entries, progress, on_commit, prune_source, refresh, keep_files)
         if report.indexed or report.pruned:
-            self.calibrate()
+            self.refit()
         return report
+
+    def refit(self) -> None:
+        """Learn the whitening from the collection as it is now, then the copy threshold in the
+        whitened space. After each index run; single API adds use the current fit."""
+        set_projection = getattr(self.store, "set_projection", None)
+        if set_projection is not None:
+            set_projection(fit_whitening(self.store.vectors(projected=False), self._whitening))
+        self.calibrate()
 
     @property
     def copy_threshold(self) -> float:

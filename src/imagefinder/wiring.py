@@ -56,4 +56,5 @@ def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> Ima
         blobs=BlobStore(settings.files_dir),
         rotated_queries=settings.rotated_queries,
         thumbnails=settings.home_dir / "thumbnails",
+        whitening=settings.whitening,
     )

@@ -8,6 +8,7 @@ images; an approximate index for larger collections is a separate concern.
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import threading
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS images (
     payload TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_hash ON images (hash);
+CREATE TABLE IF NOT EXISTS arrays (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 """
 
 
@@ -57,6 +59,9 @@ class EmbeddedStore:
         # Read the change counter before the rows: a commit landing in between is then seen as
         # a change at the next read, instead of being missed.
         self._data_version = self._read_data_version()
+        # An optional linear projection (whitening): search runs on l2n((x - mean) @ P).
+        self._projection: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+        self._searched = self._vectors
         self._load_vectors()
 
     # -- encoder binding -------------------------------------------------------------------
@@ -89,8 +94,10 @@ class EmbeddedStore:
                     ("encoder_preprocessing", info.preprocessing),
                 ):
                     self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                self._db.execute("DELETE FROM arrays")  # a projection belongs to the old encoder
             self._encoder = info
             self._vectors = np.zeros((0, info.dim), dtype=np.float32)
+            self._apply_projection(None)
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -144,11 +151,11 @@ class EmbeddedStore:
             n = len(self._ids)
             if n == 0 or k < 1:
                 return []
-            query = np.asarray(vector, dtype=np.float32)
+            query = self._project(np.asarray(vector, dtype=np.float32))
             if query.ndim == 1:
-                scores = self._vectors[:n] @ query
+                scores = self._searched[:n] @ query
             else:
-                per_view = self._vectors[:n] @ query.T
+                per_view = self._searched[:n] @ query.T
                 if penalties is not None:
                     per_view -= np.asarray(penalties, dtype=np.float32)
                 scores = per_view.max(axis=1)
@@ -196,11 +203,26 @@ class EmbeddedStore:
             ).fetchall()
         return [(image_id, json.loads(payload)) for image_id, payload in rows]
 
-    def vectors(self) -> NDArray[np.float32]:
-        """A copy of all vectors (n, dim), in no particular order."""
+    def vectors(self, projected: bool = True) -> NDArray[np.float32]:
+        """A copy of all vectors, in no particular order: as searched (after the projection, when
+        one is set), or as the encoder made them."""
         with self._lock:
             self._reload_if_changed_elsewhere()
-            return self._vectors[: len(self._ids)].copy()
+            source = self._searched if projected else self._vectors
+            return source[: len(self._ids)].copy()
+
+    def set_projection(self, projection: tuple[NDArray[np.float32], NDArray[np.float32]] | None) -> None:
+        """Search through `(mean, P)` from now on (None: the raw vectors). Kept with the index."""
+        with self._lock:
+            with self._transaction():
+                self._db.execute("DELETE FROM arrays WHERE key IN ('projection_mean', 'projection')")
+                if projection is not None:
+                    mean, matrix = projection
+                    self._db.executemany(
+                        "INSERT INTO arrays VALUES (?, ?)",
+                        [("projection_mean", _array_bytes(mean)), ("projection", _array_bytes(matrix))],
+                    )
+            self._apply_projection(projection)
 
     def get_meta(self, key: str) -> str | None:
         with self._lock:
@@ -250,12 +272,16 @@ class EmbeddedStore:
         if row is None:
             row = len(self._ids)
             if row == len(self._vectors):  # grow by doubling: amortised O(1) appends
-                grown = np.zeros((max(64, 2 * row), vector.shape[0]), dtype=np.float32)
-                grown[:row] = self._vectors[:row]
-                self._vectors = grown
+                self._vectors = _grown(self._vectors, row, vector.shape[0])
+                if self._projection is not None:
+                    self._searched = _grown(self._searched, row, self._projection[1].shape[1])
             self._ids.append(image_id)
             self._rows[image_id] = row
         self._vectors[row] = vector
+        if self._projection is None:
+            self._searched = self._vectors
+        else:
+            self._searched[row] = self._project(vector)
 
     def _remove_from_memory(self, image_id: str) -> None:
         # Move the last row into the hole so the matrix stays dense.
@@ -266,6 +292,8 @@ class EmbeddedStore:
             self._ids[row] = moved
             self._rows[moved] = row
             self._vectors[row] = self._vectors[last]
+            if self._projection is not None:
+                self._searched[row] = self._searched[last]
         self._ids.pop()
 
     def _read_data_version(self) -> int:
@@ -284,6 +312,32 @@ class EmbeddedStore:
         self._load_vectors()
 
     def _load_vectors(self) -> None:
+        self._load_rows()
+        arrays = dict(self._db.execute("SELECT key, value FROM arrays").fetchall())
+        projection = None
+        if "projection" in arrays and "projection_mean" in arrays:
+            projection = (_array_from(arrays["projection_mean"]), _array_from(arrays["projection"]))
+        self._apply_projection(projection)
+
+    def _apply_projection(self, projection: tuple[NDArray[np.float32], NDArray[np.float32]] | None) -> None:
+        self._projection = projection
+        n = len(self._ids)
+        if projection is None:
+            self._searched = self._vectors
+            return
+        searched = np.zeros((max(len(self._vectors), n), projection[1].shape[1]), dtype=np.float32)
+        searched[:n] = self._project(self._vectors[:n])
+        self._searched = searched
+
+    def _project(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        if self._projection is None:
+            return vectors
+        mean, matrix = self._projection
+        projected = (vectors - mean) @ matrix
+        norms = np.linalg.norm(projected, axis=-1, keepdims=True)
+        return (projected / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def _load_rows(self) -> None:
         rows = self._db.execute("SELECT id, vector FROM images").fetchall()
         if not rows:
             return
@@ -330,3 +384,19 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+def _grown(matrix: NDArray[np.float32], rows: int, dim: int) -> NDArray[np.float32]:
+    grown = np.zeros((max(64, 2 * rows), dim), dtype=np.float32)
+    grown[:rows] = matrix[:rows]
+    return grown
+
+
+def _array_bytes(array: NDArray[np.float32]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _array_from(data: bytes) -> NDArray[np.float32]:
+    return np.load(io.BytesIO(data), allow_pickle=False)

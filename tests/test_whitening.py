@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagefinder.encoders.base import EncoderInfo, l2_normalise
+from imagefinder.images import ImageLimits
+from imagefinder.service import ImageFinder
+from imagefinder.sources import FolderSource
+from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.whitening import MIN_IMAGES, fit_whitening
+from tests.factories import FakeEncoder, encode, gradient
+
+INFO = EncoderInfo("test-encoder", "1", 16, "none")
+
+
+def collection(n: int, seed: int = 0) -> np.ndarray:
+    """Vectors sharing one strong common direction, as a collection's vectors do."""
+    rng = np.random.default_rng(seed)
+    common = np.zeros(16, dtype=np.float32)
+    common[0] = 5.0
+    return l2_normalise((common + rng.normal(size=(n, 16))).astype(np.float32))
+
+
+def test_fit_whitening_equalises_the_spread() -> None:
+    vectors = collection(400)
+    fitted = fit_whitening(vectors, power=1.0)  # full whitening: unit variance in every direction
+    assert fitted is not None
+    mean, projection = fitted
+    assert projection.shape == (16, 16)
+    variances = ((vectors - mean) @ projection).var(axis=0, ddof=1)
+    assert np.allclose(variances, 1.0, atol=1e-3)
+
+
+def test_small_collections_and_power_zero_are_left_raw() -> None:
+    assert fit_whitening(collection(MIN_IMAGES - 1)) is None
+    assert fit_whitening(collection(200), power=0.0) is None
+    mean, projection = fit_whitening(collection(MIN_IMAGES))  # type: ignore[misc]
+    assert projection.shape[1] <= MIN_IMAGES - 1
+
+
+def test_the_store_searches_through_its_projection_and_keeps_it(tmp_path: Path) -> None:
+    store = EmbeddedStore(tmp_path)
+    store.bind_encoder(INFO)
+    vectors = collection(120)
+    store.upsert([f"i{n:03d}" for n in range(120)], vectors, [{}] * 120)
+    store.set_projection(fit_whitening(vectors))
+    assert store.search(vectors[7], k=1)[0].id == "i007"
+    assert store.search(vectors[7], k=1)[0].score == pytest.approx(1.0, abs=1e-5)
+    raw, searched = store.vectors(projected=False), store.vectors()
+    assert raw.shape == searched.shape == (120, 16) and not np.allclose(raw, searched, atol=1e-3)
+    # A vector added after the fit is projected too; a deleted one disappears.
+    extra = collection(1, seed=9)
+    store.upsert(["late"], extra, [{}])
+    assert store.search(extra[0], k=1)[0].id == "late"
+    store.delete(["i007"])
+    assert store.search(vectors[7], k=1)[0].id != "i007"
+    expected = [(h.id, round(h.score, 5)) for h in store.search(vectors[3], k=5)]
+    store.close()
+    reopened = EmbeddedStore(tmp_path)
+    assert [(h.id, round(h.score, 5)) for h in reopened.search(vectors[3], k=5)] == expected
+    reopened.delete(reopened.ids())
+    reopened.bind_encoder(EncoderInfo("other", "2", 8, ""))  # an empty store may change encoder
+    assert EmbeddedStore(tmp_path).vectors().shape == (0, 8)  # and the old projection is gone
+
+
+def test_the_service_refits_after_each_index_run(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for n in range(MIN_IMAGES + 10):
+        (folder / f"p{n:03d}.jpg").write_bytes(encode(gradient(n, (64, 48))))
+    store = EmbeddedStore(tmp_path / "index")
+    service = ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.25)
+    service.index(FolderSource(folder, 10**7))
+    assert store.vectors().shape[1] < FakeEncoder.info.dim  # searched in the whitened space
+    assert 0.3 <= service.copy_threshold <= 0.95
+    for path in sorted(folder.iterdir())[:5]:
+        assert service.search_bytes(path.read_bytes(), k=1)[0].id == path.name
+    off = ImageFinder(FakeEncoder(), EmbeddedStore(tmp_path / "raw"), ImageLimits(), whitening=0.0)
+    off.index(FolderSource(folder, 10**7))
+    assert off.store.vectors().shape[1] == FakeEncoder.info.dim
