@@ -96,3 +96,17 @@ def test_sigkill_then_resume_loses_nothing(
     store = EmbeddedStore(home / "index")
     assert store.count() == N_IMAGES and len(set(store.ids())) == N_IMAGES
     store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(20))
+def test_sigkill_at_random_points(tmp_path: Path, big_folder: Path, model_cache: Path, seed: int) -> None:
+    """The slow tier (`make test-slow`): 20 kill points drawn with fixed seeds, by committed-id
+    count or by time (including before the first commit), each followed by the same checks."""
+    import random
+
+    rng = random.Random(seed)
+    lines_wanted, seconds = (
+        (0, rng.uniform(0.2, 2.5)) if seed % 4 == 0 else (rng.randint(1, N_IMAGES - 1), 0.0)
+    )
+    test_sigkill_then_resume_loses_nothing(tmp_path, big_folder, model_cache, lines_wanted, seconds)
