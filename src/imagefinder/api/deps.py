@@ -11,6 +11,7 @@ import numpy as np
 from fastapi import Depends, Request
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
 
 from imagefinder.api.errors import ApiError
 from imagefinder.config import ApiSettings
@@ -75,3 +76,12 @@ async def read_limited(upload_read: Callable[[int], Awaitable[bytes]], max_bytes
     if len(data) > max_bytes:
         raise ApiError(413, "image_too_large", f"upload exceeds the limit of {max_bytes} bytes")
     return data
+
+
+async def read_form_file(request: Request, max_bytes: int) -> tuple[bytes, str, FormData]:
+    """The multipart part named `file` (at most `max_bytes`), its file name, and the whole form."""
+    form = await request.form()
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(422, "invalid_request", "file: a multipart part named 'file' is required")
+    return await read_limited(upload.read, max_bytes), upload.filename or "<upload>", form

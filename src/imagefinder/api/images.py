@@ -11,9 +11,8 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 
-from imagefinder.api.deps import ReadAccess, Service, WriteAccess, read_limited
+from imagefinder.api.deps import ReadAccess, Service, WriteAccess, read_form_file
 from imagefinder.api.errors import ApiError, describe_validation
 from imagefinder.api.schemas import (
     Added,
@@ -52,11 +51,7 @@ _ADD_BODY = multipart_or_json_body(
 async def add_image(request: Request, response: Response, service: Service) -> Added:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "invalid_request", "file: a multipart part named 'file' is required")
-        data = await read_limited(upload.read, service.limits.max_bytes)
+        data, _, form = await read_form_file(request, service.limits.max_bytes)
         image_id = form.get("id")
         result = await run_in_threadpool(
             service.add_bytes, data, image_id if isinstance(image_id, str) and image_id else None

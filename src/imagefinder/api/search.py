@@ -8,9 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile as StarletteUpload
 
-from imagefinder.api.deps import ReadAccess, Service, Settings, embed_prepared, read_limited
+from imagefinder.api.deps import ReadAccess, Service, Settings, embed_prepared, read_form_file, read_limited
 from imagefinder.api.errors import ApiError, describe_validation, error_body
 from imagefinder.api.images import image_url
 from imagefinder.api.schemas import (
@@ -70,12 +69,8 @@ async def search(
     started = time.perf_counter()
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form()
-        upload = form.get("file")
-        if not isinstance(upload, StarletteUpload):
-            raise ApiError(422, "invalid_request", "file: a multipart part named 'file' is required")
-        data = await read_limited(upload.read, service.limits.max_bytes)
-        results = await _search_bytes(request, service, data, upload.filename or "<upload>", k, min_score)
+        data, filename, _ = await read_form_file(request, service.limits.max_bytes)
+        results = await _search_bytes(request, service, data, filename, k, min_score)
     elif content_type.startswith("application/json"):
         try:
             query = SearchQuery.model_validate_json(await request.body())
