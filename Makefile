@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser test test-slow lint bench-quality bench-ingest bench-api bench-hf bench-search clean
+.PHONY: install run demo-index browser bench test test-slow lint bench-quality bench-ingest bench-api bench-hf bench-search clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,10 @@ bench-api: install
 # Hugging Face encoders' CPU speed next to the default (tiny test models unless given others).
 bench-hf: install
 	$(BIN)/python bench/hf_speed.py --out bench/results/hf_speed.json
+
+# Indexing speed on 2-12 MP photos: reference pipeline vs ImageFinder vs encoder-only; search latency.
+bench: install
+	$(BIN)/python bench/speed.py --out bench/results/speed.json
 
 # POST /search latency against a real server on 127.0.0.1 -> bench/results/search_latency.json
 bench-search: install

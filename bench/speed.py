@@ -1,0 +1,238 @@
+"""Indexing speed on large photos, side by side in one run on the same images, and search latency.
+
+1. reference: the reference design's style: full-resolution PIL decode, per-batch eager torch
+   forward of the same EfficientNet-Lite0 weights, no overlap between decoding and the model;
+2. imagefinder: `ImageFinder.index` of the same folder (draft-mode JPEG decoding in worker threads,
+   ONNX Runtime, batched writes);
+3. encoder_only: ONNX Runtime on pre-decoded, preprocessed batches: the ceiling for 2.
+
+Photos: real photos shipped with scikit-image, cropped, flipped and recoloured, re-encoded as
+JPEG at 2-12 megapixels. Search: p50/p99 over 200 queries (2-megapixel JPEGs) through the service
+path in-process, and through POST /search on a real server; plus the in-process path against a
+100k-vector index of random unit vectors (exact search).
+
+usage: python bench/speed.py [--photos 120] [--out bench/results/speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BATCH = 32
+
+
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def make_photos(folder: Path, count: int, seed: int) -> None:
+    from imagefinder.demo import DEMO_PHOTOS, skimage_data_dir
+
+    rng = random.Random(seed)
+    sources = [
+        Image.open(skimage_data_dir() / n).convert("RGB")
+        for n in DEMO_PHOTOS
+        if (skimage_data_dir() / n).is_file()
+    ]
+    folder.mkdir(parents=True)
+    for i in range(count):
+        photo = rng.choice(sources)
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = photo.crop((x, y, x + cw, y + ch))
+        pixels = rng.uniform(2e6, 12e6)
+        scale = (pixels / (cw * ch)) ** 0.5
+        big = crop.resize((int(cw * scale), int(ch * scale)), Image.Resampling.BILINEAR)
+        if rng.random() < 0.5:
+            big = ImageOps.mirror(big)
+        big = ImageEnhance.Color(big).enhance(rng.uniform(0.7, 1.3))
+        big.save(folder / f"big{i:04d}.jpg", "JPEG", quality=90)
+
+
+def reference_pipeline(paths: list[Path]) -> float:
+    """Full decode, preprocess, eager torch forward per batch, one after the other."""
+    import torch
+
+    from imagefinder.encoders.efficientnet_lite import PooledEmbedder, load_pretrained_lite0
+    from imagefinder.encoders.lite0 import lite0_weights_path
+    from imagefinder.encoders.preprocess import resize_crop_normalise
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = PooledEmbedder(load_pretrained_lite0(lite0_weights_path())).eval()
+    started = time.perf_counter()
+    for start in range(0, len(paths), BATCH):
+        images = [Image.open(p).convert("RGB") for p in paths[start : start + BATCH]]
+        batch = np.stack([resize_crop_normalise(im, 256, 224, 127.0, 128.0) for im in images])
+        with torch.no_grad():
+            model(torch.from_numpy(batch))
+    return len(paths) / (time.perf_counter() - started)
+
+
+def encoder_only(encoder, paths: list[Path]) -> float:  # type: ignore[no-untyped-def]
+    from imagefinder.images import ImageLimits, decode_image
+
+    prepared = [
+        encoder.preprocess(decode_image(p.read_bytes(), ImageLimits(), min_short_side=256)) for p in paths
+    ]
+    started = time.perf_counter()
+    for start in range(0, len(prepared), BATCH):
+        encoder.embed_arrays(np.stack(prepared[start : start + BATCH]))
+    return len(prepared) / (time.perf_counter() - started)
+
+
+def two_megapixel_queries(folder: Path, count: int = 20) -> list[bytes]:
+    queries = []
+    for path in sorted(folder.iterdir())[:count]:
+        image = Image.open(path).convert("RGB")
+        scale = (2e6 / (image.width * image.height)) ** 0.5
+        buffer = io.BytesIO()
+        image.resize((int(image.width * scale), int(image.height * scale))).save(buffer, "JPEG", quality=90)
+        queries.append(buffer.getvalue())
+    return queries
+
+
+def latencies(run, queries: list[bytes], n: int = 200) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    for q in queries[:5]:
+        run(q)
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        run(queries[i % len(queries)])
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": round(statistics.median(times), 2), "p99_ms": round(percentile(times, 0.99), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--photos", type=int, default=120)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
+    args = parser.parse_args()
+    from tests.live import free_port
+
+    from imagefinder.config import Settings
+    from imagefinder.encoders.base import l2_normalise
+    from imagefinder.sources import FolderSource
+    from imagefinder.stores.embedded import EmbeddedStore
+    from imagefinder.wiring import build_configured_encoder, service_for
+
+    result: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        make_photos(work / "photos", args.photos, seed=5)
+        paths = sorted((work / "photos").iterdir())
+        megapixels = [Image.open(p).width * Image.open(p).height / 1e6 for p in paths]
+        result["photos"] = {
+            "count": len(paths),
+            "megapixels_min": round(min(megapixels), 1),
+            "megapixels_max": round(max(megapixels), 1),
+            "megapixels_mean": round(statistics.mean(megapixels), 1),
+            "mb_total": round(sum(p.stat().st_size for p in paths) / 1e6, 1),
+        }
+        settings = Settings(home=work / "home")
+        encoder = build_configured_encoder(settings.model_copy(update={"home": Path("~/.imagefinder")}))
+        ceiling = encoder_only(encoder, paths)
+        service = service_for(settings, encoder, EmbeddedStore(settings.store_dir))
+        report = service.index(FolderSource(work / "photos", settings.images.max_bytes))
+        ours = report.indexed / report.seconds
+        rss_after_index = peak_rss_mb()
+        reference = reference_pipeline(paths)
+        queries = two_megapixel_queries(work / "photos")
+        service_path = latencies(lambda q: service.search_bytes(q, 3), queries)
+        service.close()
+
+        env = {**os.environ, "IMAGEFINDER_HOME": str(settings.home_dir)}
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "imagefinder", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            with httpx.Client(base_url=base, timeout=60) as client:
+                for _ in range(300):
+                    try:
+                        if client.get("/ready").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.2)
+                http_path = latencies(
+                    lambda q: client.post("/search?k=3", files={"file": ("q.jpg", q)}).raise_for_status(),
+                    queries,
+                )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+        # Exact search against 100k vectors: the cost that an approximate index would remove.
+        big = EmbeddedStore(work / "big")
+        big.bind_encoder(encoder.info)
+        rng = np.random.default_rng(0)
+        for start in range(0, 100_000, 10_000):
+            vectors = l2_normalise(rng.normal(size=(10_000, encoder.info.dim)).astype(np.float32))
+            big.upsert([f"v{start + i}" for i in range(10_000)], vectors, [{}] * 10_000)
+        big_service = service_for(settings, encoder, big)
+        at_100k = latencies(lambda q: big_service.search_bytes(q, 3), queries)
+        big.close()
+
+    result.update(
+        {
+            "reference_images_per_s": round(reference, 1),
+            "imagefinder_images_per_s": round(ours, 1),
+            "encoder_only_images_per_s": round(ceiling, 1),
+            "ratio_vs_reference": round(ours / reference, 2),
+            "ratio_vs_ceiling": round(ours / ceiling, 2),
+            "imagefinder_stage_seconds": report.to_dict()["stage_seconds"],
+            "search_p50_ms": http_path["p50_ms"],
+            "search_p99_ms": http_path["p99_ms"],
+            "search": {
+                "service_path_2mp_jpeg": service_path,
+                "post_search_2mp_jpeg": http_path,
+                "service_path_2mp_jpeg_at_100k_vectors": at_100k,
+                "queries": 200,
+            },
+            "peak_rss_mb": {"after_indexing": rss_after_index, "whole_run_incl_100k_index": peak_rss_mb()},
+            "machine": {
+                "processor": platform.machine(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+            },
+        }
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"{'pipeline':<14} images/s")  # noqa: T201
+    for key in ("reference_images_per_s", "imagefinder_images_per_s", "encoder_only_images_per_s"):
+        print(f"{key.split('_')[0]:<14} {result[key]}")  # noqa: T201
+    print(f"ratio vs reference {result['ratio_vs_reference']}, vs ceiling {result['ratio_vs_ceiling']}")  # noqa: T201
+    print(json.dumps(result["search"]), json.dumps(result["peak_rss_mb"]))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
