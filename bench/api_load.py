@@ -30,28 +30,10 @@ from imagefinder.demo import write_demo_collection
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from search_latency import free_port, percentile  # noqa: E402
+from search_latency import percentile  # noqa: E402
 
-
-def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "imagefinder", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("server did not become ready")
-        time.sleep(0.2)
+sys.path.insert(0, str(ROOT))
+from tests.live import serving  # noqa: E402
 
 
 def run_clients(base: str, queries: list[bytes], clients: int, seconds: float) -> dict[str, float]:
@@ -116,17 +98,13 @@ def main() -> None:
             Image.open(photo).convert("RGB").save(buffer, "JPEG", quality=90)
             queries.append(buffer.getvalue())
         for micro_batch in ("false", "true"):
-            process, base = start_server({**env, "IMAGEFINDER_API__MICRO_BATCH": micro_batch})
-            try:
+            with serving({**env, "IMAGEFINDER_API__MICRO_BATCH": micro_batch}) as base:
                 run_clients(base, queries, 2, 2.0)  # warm-up
                 for clients in (1, 8):
                     row = run_clients(base, queries, clients, args.seconds)
                     row["micro_batch"] = micro_batch == "true"
                     rows.append(row)
                     print(row)  # noqa: T201
-            finally:
-                process.terminate()
-                process.wait(timeout=30)
 
     def throughput(batching: bool, clients: int) -> float:
         return next(

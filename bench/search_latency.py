@@ -15,7 +15,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,12 +28,8 @@ from PIL import Image
 from imagefinder.demo import write_demo_collection
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+sys.path.insert(0, str(ROOT))
+from tests.live import serving  # noqa: E402  (the same server helper the tests use)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -64,50 +59,27 @@ def main() -> None:
         big.save(buffer, "JPEG", quality=90)
         queries = {"demo_png_600x400": photo.read_bytes(), "jpeg_2mp": buffer.getvalue()}
 
-        port = free_port()
-        server = subprocess.Popen(
-            [*cli, "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(timeout=30) as client:
-                deadline = time.monotonic() + 120
-                while True:  # /ready: the model and the index are loaded
-                    try:
-                        ready = client.get(f"{base}/ready")
-                        if ready.status_code == 200:
-                            images = ready.json()["images"]
-                            break
-                    except httpx.TransportError:
-                        pass
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the server did not become ready")
-                    time.sleep(0.2)
-                rows = {}
-                for name, data in queries.items():
-                    for _ in range(10):  # warm-up
-                        client.post(f"{base}/search", files={"file": ("q", data)}).raise_for_status()
-                    latencies, server_ms = [], []
-                    for _ in range(args.requests):
-                        started = time.perf_counter()
-                        response = client.post(f"{base}/search?k=3", files={"file": ("q", data)})
-                        latencies.append((time.perf_counter() - started) * 1000)
-                        response.raise_for_status()
-                        server_ms.append(response.json()["took_ms"])
-                    rows[name] = {
-                        "bytes": len(data),
-                        "requests": args.requests,
-                        "p50_ms": round(statistics.median(latencies), 2),
-                        "p90_ms": round(percentile(latencies, 0.90), 2),
-                        "p99_ms": round(percentile(latencies, 0.99), 2),
-                        "server_took_ms_p50": round(statistics.median(server_ms), 2),
-                    }
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        with serving(env) as base, httpx.Client(timeout=30) as client:
+            images = client.get(f"{base}/ready").json()["images"]
+            rows = {}
+            for name, data in queries.items():
+                for _ in range(10):  # warm-up
+                    client.post(f"{base}/search", files={"file": ("q", data)}).raise_for_status()
+                latencies, server_ms = [], []
+                for _ in range(args.requests):
+                    started = time.perf_counter()
+                    response = client.post(f"{base}/search?k=3", files={"file": ("q", data)})
+                    latencies.append((time.perf_counter() - started) * 1000)
+                    response.raise_for_status()
+                    server_ms.append(response.json()["took_ms"])
+                rows[name] = {
+                    "bytes": len(data),
+                    "requests": args.requests,
+                    "p50_ms": round(statistics.median(latencies), 2),
+                    "p90_ms": round(percentile(latencies, 0.90), 2),
+                    "p99_ms": round(percentile(latencies, 0.99), 2),
+                    "server_took_ms_p50": round(statistics.median(server_ms), 2),
+                }
     result = {
         "index_images": images,
         "clients": 1,

@@ -24,7 +24,6 @@ import platform
 import random
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,16 +35,14 @@ from PIL import Image, ImageEnhance, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from search_latency import percentile  # noqa: E402
+
 BATCH = 32
 
 
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def make_photos(folder: Path, count: int, seed: int) -> None:
@@ -131,7 +128,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=120)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
     args = parser.parse_args()
-    from tests.live import free_port
+    from tests.live import serving
 
     from imagefinder.config import Settings
     from imagefinder.encoders.base import l2_normalise
@@ -165,30 +162,10 @@ def main() -> None:
         service.close()
 
         env = {**os.environ, "IMAGEFINDER_HOME": str(settings.home_dir)}
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "imagefinder", "serve", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, timeout=60) as client:
-                for _ in range(300):
-                    try:
-                        if client.get("/ready").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.2)
-                http_path = latencies(
-                    lambda q: client.post("/search?k=3", files={"file": ("q.jpg", q)}).raise_for_status(),
-                    queries,
-                )
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        with serving(env) as base, httpx.Client(base_url=base, timeout=60) as client:
+            http_path = latencies(
+                lambda q: client.post("/search?k=3", files={"file": ("q.jpg", q)}).raise_for_status(), queries
+            )
 
         # Exact search against 100k vectors: the cost that an approximate index would remove.
         big = EmbeddedStore(work / "big")

@@ -23,22 +23,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def live_server(home: Path, photos: Path, model_cache: Path, **env: str) -> Iterator[str]:
-    """Index `photos` into `home` with the CLI, serve it, yield the base URL, stop it after."""
-    shutil.copytree(model_cache, home / "models", dirs_exist_ok=True)
-    environment = {**os.environ, "IMAGEFINDER_HOME": str(home), **env}
-    cli = [sys.executable, "-m", "imagefinder"]
-    subprocess.run([*cli, "index", str(photos), "--quiet"], env=environment, check=True, capture_output=True)
+def serving(environment: dict[str, str], timeout_s: float = 120) -> Iterator[str]:
+    """Run `imagefinder serve` on a free port with `environment`, wait for /ready (model and index
+    loaded), yield the base URL, stop the server after."""
     port = free_port()
     server = subprocess.Popen(
-        [*cli, "serve", "--port", str(port)],
+        [sys.executable, "-m", "imagefinder", "serve", "--port", str(port)],
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout_s
         while True:
             try:
                 if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
@@ -46,9 +43,24 @@ def live_server(home: Path, photos: Path, model_cache: Path, **env: str) -> Iter
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready within 60 s")
+                raise RuntimeError(f"the server did not become ready within {timeout_s:.0f} s")
             time.sleep(0.2)
         yield base
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@contextmanager
+def live_server(home: Path, photos: Path, model_cache: Path, **env: str) -> Iterator[str]:
+    """Index `photos` into `home` with the CLI, serve it, yield the base URL, stop it after."""
+    shutil.copytree(model_cache, home / "models", dirs_exist_ok=True)
+    environment = {**os.environ, "IMAGEFINDER_HOME": str(home), **env}
+    subprocess.run(
+        [sys.executable, "-m", "imagefinder", "index", str(photos), "--quiet"],
+        env=environment,
+        check=True,
+        capture_output=True,
+    )
+    with serving(environment, timeout_s=60) as base:
+        yield base
