@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser bench test test-slow lint bench-quality bench-ingest bench-api bench-hf bench-search clean
+.PHONY: install run demo-index browser bench test test-slow lint bench-quality bench-ingest bench-api bench-hf bench-search bench-index clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ bench-hf: install
 # Indexing speed on 2-12 MP photos: reference pipeline vs ImageFinder vs encoder-only; search latency.
 bench: install
 	$(BIN)/python bench/speed.py --out bench/results/speed.json
+
+# The store at 100k and 1M synthetic vectors: build, memory, latency, recall, reopen (about 10 min).
+bench-index: install
+	$(BIN)/python bench/index.py --out bench/results/index.json
 
 # POST /search latency against a real server on 127.0.0.1 -> bench/results/search_latency.json
 bench-search: install

@@ -239,3 +239,22 @@ def test_any_load_failure_shows_in_ready() -> None:
                 break
             threading.Event().wait(0.05)
         assert "PermissionError: cannot open the index folder" in failing.get("/ready").json()["detail"]
+
+
+def test_where_filters_the_results(client: TestClient, service: ImageFinder) -> None:
+    rocket = service.store.get("rocket.jpg")
+    assert rocket is not None
+    query = {"id": next(i for i, _ in service.store.page(0, 10) if i != "rocket.jpg")}
+    everything = client.post("/search", json=query, params={"k": 10})
+    assert len(everything.json()["results"]) > 1
+    only = client.post("/search", json=query, params={"k": 10, "where": f"uri={rocket['uri']}"})
+    assert only.status_code == 200, only.text
+    assert [r["id"] for r in only.json()["results"]] == ["rocket.jpg"]
+    both = client.post(
+        "/search", json=query, params=[("k", "10"), ("where", f"uri={rocket['uri']}"), ("where", "width=1")]
+    )
+    assert both.json()["results"] == []
+    width = client.post("/search", json=query, params={"k": 10, "where": f"width={rocket['width']}"})
+    assert "rocket.jpg" in [r["id"] for r in width.json()["results"]]
+    bad = client.post("/search", json=query, params={"where": "no-equals-sign"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_filter"

@@ -149,21 +149,35 @@ def index(
 @click.option("--text", help="Search by a description instead (CLIP-family models), e.g. 'red bicycle'.")
 @click.option("-k", "k", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--where",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Only images whose payload field has this value (repeat: all must match), e.g. source=holidays.",
+)
 @click.pass_context
 @_user_errors
-def search(ctx: click.Context, image: Path | None, text: str | None, k: int, as_json: bool) -> None:
+def search(
+    ctx: click.Context, image: Path | None, text: str | None, k: int, as_json: bool, where: tuple[str, ...]
+) -> None:
     """Print the k indexed images most similar to IMAGE (or matching --text), best first."""
     from imagefinder.wiring import build_service
 
     if (image is None) == (text is None):
         raise click.UsageError("give an IMAGE or --text, not both")
+    fields: dict[str, str] = {}
+    for condition in where:
+        name, equals, value = condition.partition("=")
+        if not equals or not name:
+            raise click.UsageError(f"--where {condition!r}: expected FIELD=VALUE")
+        fields[name] = value
     service = build_service(_settings(ctx))
     try:
         if text is not None:
-            results = service.search_text(text, k)
+            results = service.search_text(text, k, where=fields)
         else:
             assert image is not None
-            results = service.search_bytes(image.read_bytes(), k, str(image))
+            results = service.search_bytes(image.read_bytes(), k, str(image), where=fields)
         model = service.model
         threshold = service.copy_threshold
     finally:
@@ -214,6 +228,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
         details = {
             "images": store.count(),
             "store": str(store.path),
+            "search": store.index_stats(),
             "copy_threshold": float(store.get_meta("copy_threshold") or DEFAULT_THRESHOLD),
             "encoder": None
             if encoder is None
@@ -231,6 +246,13 @@ def info(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(f"images:  {details['images']}")
     click.echo(f"store:   {details['store']}")
+    stats = details["search"]
+    method = (
+        "exact"
+        if stats["kind"] == "exact"
+        else f"approximate IVF{stats['nlist']},SQ8, nprobe {stats['nprobe']}"
+    )
+    click.echo(f"search:  {method}, {stats['dim']}-d")
     click.echo(f"copy threshold: {details['copy_threshold']} (scores at or above it are marked as copies)")
     if encoder is None:
         click.echo("encoder: none yet (empty index)")

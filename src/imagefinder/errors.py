@@ -40,6 +40,11 @@ class StoreVersionError(ImageFinderError):
     """The store on disk was written by a newer, unknown schema version."""
 
 
+class InvalidFilterError(ImageFinderError):
+    """A payload filter that cannot be applied (a field name that is not a plain identifier,
+    a value that is not a string, number or boolean)."""
+
+
 class UnknownIdError(ImageFinderError):
     """An image id that the collection does not hold."""
 

@@ -34,8 +34,8 @@ from imagefinder.ids import id_problem
 from imagefinder.images import ImageLimits, content_hash, decode_image
 from imagefinder.indexer import Indexer, IndexReport
 from imagefinder.sources import SourceEntry
-from imagefinder.stores.base import Hit, Payload, VectorStore
-from imagefinder.whitening import DEFAULT_POWER, fit_whitening
+from imagefinder.stores.base import Filter, Hit, Payload, VectorStore
+from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, fit_whitening
 
 # With `rotated_queries`, a query is also searched transposed and transversed (mirrored and turned
 # 90 degrees either way), which finds copies that were rotated or mirrored; those views score 0.1
@@ -44,6 +44,12 @@ from imagefinder.whitening import DEFAULT_POWER, fit_whitening
 # (POST /search p50 about 20 -> 50 ms on 2 cores), so it is off unless asked for.
 VIEW_PENALTIES = np.array([0.0, 0.1, 0.1], dtype=np.float32)
 THUMBNAIL_SIDE = 256
+# Up to this size the whitening is learned again after every index run (seconds at most);
+# beyond it, only when the collection has grown or shrunk by a quarter since the last fit, since
+# a new projection means re-projecting and re-indexing every stored vector. The fit and the copy
+# threshold use a random sample of this many vectors.
+REFIT_ALWAYS_UP_TO = 50_000
+FIT_SAMPLE = 50_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class ImageFinder:
         rotated_queries: bool = False,
         thumbnails: Path | None = None,
         whitening: float = DEFAULT_POWER,
+        search_dims: int = DEFAULT_DIMS,
     ) -> None:
         self.encoder = encoder
         self.store = store
@@ -97,6 +104,7 @@ class ImageFinder:
         self._rotated_queries = rotated_queries
         self._thumbnails = thumbnails
         self._whitening = whitening
+        self._search_dims = search_dims
         self._indexer = Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers)
 
     @property
@@ -117,14 +125,21 @@ class ImageFinder:
         report = self._indexer.index(entries, progress, on_commit, prune_source, refresh, keep_files)
         if report.indexed or report.pruned:
             self.refit()
+            self.store.optimise()
         return report
 
-    def refit(self) -> None:
-        """Learn the whitening from the collection as it is now, then the copy threshold in the
-        whitened space. After each index run; single API adds use the current fit."""
+    def refit(self, force: bool = False) -> None:
+        """Learn the whitening from the collection as it is now (see REFIT_ALWAYS_UP_TO), then the
+        copy threshold in the whitened space. After each index run; single API adds use the
+        current fit."""
         set_projection = getattr(self.store, "set_projection", None)
-        if set_projection is not None:
-            set_projection(fit_whitening(self.store.vectors(projected=False), self._whitening))
+        n = self.store.count()
+        fitted_on = int(self.store.get_meta("whitening_fitted_on") or 0)
+        drifted = not (fitted_on / 1.25 <= n <= fitted_on * 1.25)
+        if set_projection is not None and (force or n <= REFIT_ALWAYS_UP_TO or drifted):
+            sample = self.store.vectors(projected=False, limit=FIT_SAMPLE)
+            set_projection(fit_whitening(sample, self._whitening, self._search_dims))
+            self.store.set_meta("whitening_fitted_on", str(n))
         self.calibrate()
 
     @property
@@ -134,7 +149,7 @@ class ImageFinder:
 
     def calibrate(self) -> float:
         """Recompute the "is this a copy?" threshold from the collection (see `calibration`)."""
-        threshold = copy_threshold(self.store.vectors())
+        threshold = copy_threshold(self.store.vectors(limit=FIT_SAMPLE))
         self.store.set_meta("copy_threshold", f"{threshold:.4f}")
         return threshold
 
@@ -252,11 +267,12 @@ class ImageFinder:
         k: int,
         min_score: float | None = None,
         exclude_id: str | None = None,
+        where: Filter | None = None,
     ) -> list[SearchResult]:
         """The k best matches of a (dim,) vector or (views, dim) query, best first, scoring at
-        least `min_score`, without `exclude_id`."""
+        least `min_score`, without `exclude_id`, among images whose payload matches `where`."""
         penalties = VIEW_PENALTIES[: len(vector)] if vector.ndim == 2 else None
-        hits = self.store.search(vector, k + (1 if exclude_id is not None else 0), penalties)
+        hits = self.store.search(vector, k + (1 if exclude_id is not None else 0), penalties, where or None)
         threshold = self.copy_threshold
         results = [
             _result(hit, threshold)
@@ -278,7 +294,9 @@ class ImageFinder:
     def supports_text(self) -> bool:
         return getattr(self.encoder, "embed_texts", None) is not None
 
-    def search_text(self, text: str, k: int, min_score: float | None = None) -> list[SearchResult]:
+    def search_text(
+        self, text: str, k: int, min_score: float | None = None, where: Filter | None = None
+    ) -> list[SearchResult]:
         """Images matching a description ("red bicycle"), for CLIP-family encoders. The copy
         flag is for image queries, so text results never carry it."""
         embed_texts = getattr(self.encoder, "embed_texts", None)
@@ -287,21 +305,31 @@ class ImageFinder:
                 f"text search needs a CLIP-family model; this index uses {self.model.name}"
             )
         vector = embed_texts([text])[0]
-        return [replace(r, is_copy=False) for r in self.search_vector(vector, k, min_score)]
+        return [replace(r, is_copy=False) for r in self.search_vector(vector, k, min_score, where=where)]
 
     def search_bytes(
-        self, data: bytes, k: int, source: str = "<upload>", min_score: float | None = None
+        self,
+        data: bytes,
+        k: int,
+        source: str = "<upload>",
+        min_score: float | None = None,
+        where: Filter | None = None,
     ) -> list[SearchResult]:
-        return self.search_vector(self.embed_bytes(data, source), k, min_score)
+        return self.search_vector(self.embed_bytes(data, source), k, min_score, where=where)
 
     def search_id(
-        self, image_id: str, k: int, min_score: float | None = None, exclude_self: bool = True
+        self,
+        image_id: str,
+        k: int,
+        min_score: float | None = None,
+        exclude_self: bool = True,
+        where: Filter | None = None,
     ) -> list[SearchResult]:
         """ "More like this": reuses the stored vector, no image is decoded or embedded."""
         vector = self.store.get_vector(image_id)
         if vector is None:
             raise UnknownIdError(image_id)
-        return self.search_vector(vector, k, min_score, image_id if exclude_self else None)
+        return self.search_vector(vector, k, min_score, image_id if exclude_self else None, where)
 
     def fetch_url(self, url: str) -> bytes:
         """Download a query image with the service's fetcher (and its address policy)."""

@@ -14,15 +14,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 DEFAULT_POWER = 0.25
+# Directions kept: the approximate index stores one byte per direction, so 256 keeps a million
+# images at about 300 bytes each in memory. The leading directions carry nearly all the variance.
+DEFAULT_DIMS = 256
 # Fewer images than this give a covariance too noisy to trust: search the raw vectors.
 MIN_IMAGES = 50
 
 
 def fit_whitening(
-    vectors: NDArray[np.float32], power: float = DEFAULT_POWER
+    vectors: NDArray[np.float32], power: float = DEFAULT_POWER, max_dims: int = DEFAULT_DIMS
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
     """(mean, projection) with whitened = l2n((x - mean) @ projection); None for small collections.
-    Keeps at most n - 1 directions: a collection of n images spans no more."""
+    Keeps at most `max_dims` directions, and at most n - 1: n images span no more."""
     n = len(vectors)
     if power <= 0 or n < MIN_IMAGES:
         return None
@@ -32,6 +35,6 @@ def fit_whitening(
     values, directions = np.linalg.eigh(covariance)
     order = np.argsort(values)[::-1]
     values, directions = np.maximum(values[order], 0.0), directions[:, order]
-    keep = min(n - 1, int((values > 1e-10).sum()))
+    keep = min(n - 1, max_dims, int((values > 1e-10).sum()))
     projection = directions[:, :keep] * np.maximum(values[:keep], 1e-12) ** (-power / 2)
     return mean.astype(np.float32), projection.astype(np.float32)

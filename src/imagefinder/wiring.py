@@ -17,7 +17,9 @@ def image_limits(settings: Settings) -> ImageLimits:
 
 
 def open_store(settings: Settings) -> EmbeddedStore:
-    return EmbeddedStore(settings.store_dir)
+    return EmbeddedStore(
+        settings.store_dir, exact_below=settings.store.exact_below, nprobe=settings.store.nprobe
+    )
 
 
 def build_fetcher(settings: Settings, allow_private: bool) -> HttpFetcher:
@@ -57,4 +59,5 @@ def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> Ima
         rotated_queries=settings.rotated_queries,
         thumbnails=settings.home_dir / "thumbnails",
         whitening=settings.whitening,
+        search_dims=settings.search_dims,
     )

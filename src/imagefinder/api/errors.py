@@ -18,6 +18,7 @@ from imagefinder.errors import (
     FetchError,
     ImageFinderError,
     ImageTooLargeError,
+    InvalidFilterError,
     InvalidIdError,
     TextSearchUnsupportedError,
     UnknownIdError,
@@ -33,6 +34,7 @@ _STATUS: list[tuple[type[ImageFinderError], int, str]] = [
     (EncoderMismatchError, 409, "encoder_mismatch"),
     (DuplicateImageError, 409, "duplicate_image"),
     (InvalidIdError, 422, "invalid_id"),
+    (InvalidFilterError, 422, "invalid_filter"),
     (FetchError, 422, "fetch_failed"),
     (TextSearchUnsupportedError, 422, "text_search_unsupported"),
 ]

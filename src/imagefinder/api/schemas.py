@@ -78,6 +78,11 @@ class Health(BaseModel):
     text_search: bool = Field(False, description="Whether the model can search by a description.")
     model: ModelInfo | None = Field(None, description="None while the model is still loading.")
     images: int | None = None
+    index: dict[str, Any] | None = Field(
+        None,
+        description="How searches run: kind (exact or ivf), dim, and for ivf nlist and nprobe.",
+        examples=[{"kind": "ivf", "vectors": 1000000, "dim": 256, "nlist": 4096, "nprobe": 32}],
+    )
 
 
 class AddUrl(BaseModel):

@@ -36,6 +36,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"description": "The model and the index are still loading"},
 }
 
+_WHERE_HELP = (
+    "Only images whose payload field has this value, as field=value (repeat for several fields, "
+    "all must match), e.g. where=source=holidays. Values compare as text; numbers and booleans "
+    "as JSON (2020, true)."
+)
+
 _SEARCH_BODY = multipart_or_json_body(
     {"file": {"type": "string", "format": "binary"}},
     ["file"],
@@ -64,25 +70,27 @@ async def search(
         float | None, Query(ge=-1, le=1, description="Leave out results scoring below this")
     ] = None,
     exclude_self: Annotated[bool, Query(description="For an id query, leave the image itself out")] = True,
+    where: Annotated[list[str] | None, Query(description=_WHERE_HELP)] = None,
 ) -> SearchResponse:
     k = _check_k(k, settings.default_k, settings.max_k)
+    fields = _parse_where(where)
     started = time.perf_counter()
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         data, filename, _ = await read_form_file(request, service.limits.max_bytes)
-        results = await _search_bytes(request, service, data, filename, k, min_score)
+        results = await _search_bytes(request, service, data, filename, k, min_score, fields)
     elif content_type.startswith("application/json"):
         try:
             query = SearchQuery.model_validate_json(await request.body())
         except ValidationError as exc:
             raise ApiError(422, "invalid_request", describe_validation(exc)) from None
         if query.id is not None:
-            results = await run_in_threadpool(service.search_id, query.id, k, min_score, exclude_self)
+            results = await run_in_threadpool(service.search_id, query.id, k, min_score, exclude_self, fields)
         elif query.text is not None:
-            results = await run_in_threadpool(service.search_text, query.text, k, min_score)
+            results = await run_in_threadpool(service.search_text, query.text, k, min_score, fields)
         else:
             data = await run_in_threadpool(service.fetch_url, str(query.url))
-            results = await _search_bytes(request, service, data, str(query.url), k, min_score)
+            results = await _search_bytes(request, service, data, str(query.url), k, min_score, fields)
     elif not content_type:
         raise ApiError(
             422,
@@ -116,9 +124,11 @@ async def search_batch(
     files: Annotated[list[UploadFile], File(description="The query images")],
     k: Annotated[int | None, Query(ge=1)] = None,
     min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
+    where: Annotated[list[str] | None, Query(description=_WHERE_HELP)] = None,
 ) -> BatchResponse:
     """Each image gets its own results or its own error; one bad image does not fail the rest."""
     k = _check_k(k, settings.default_k, settings.max_k)
+    fields = _parse_where(where)
     if len(files) > settings.max_batch_files:
         raise ApiError(422, "invalid_request", f"at most {settings.max_batch_files} files per batch")
     started = time.perf_counter()
@@ -136,7 +146,7 @@ async def search_batch(
         vectors = await run_in_threadpool(service.embed_prepared, [p for _, p in prepared])
         request.app.state.metrics.encoder_batch.observe(len(prepared))
         for (position, _), vector in zip(prepared, vectors, strict=True):
-            hits = await run_in_threadpool(service.search_vector, vector, k, min_score)
+            hits = await run_in_threadpool(service.search_vector, vector, k, min_score, None, fields)
             items[position].results = [_to_result(r) for r in hits]
     return BatchResponse(
         model=_model(service), took_ms=round((time.perf_counter() - started) * 1000, 2), queries=items
@@ -144,11 +154,30 @@ async def search_batch(
 
 
 async def _search_bytes(
-    request: Request, service: ImageFinder, data: bytes, source: str, k: int, min_score: float | None
+    request: Request,
+    service: ImageFinder,
+    data: bytes,
+    source: str,
+    k: int,
+    min_score: float | None,
+    fields: dict[str, str] | None,
 ) -> list[SearchResult]:
     prepared = await run_in_threadpool(service.prepare, data, source)
     vector = await embed_prepared(request, service, prepared)
-    return await run_in_threadpool(service.search_vector, vector, k, min_score)
+    return await run_in_threadpool(service.search_vector, vector, k, min_score, None, fields)
+
+
+def _parse_where(where: list[str] | None) -> dict[str, str] | None:
+    """["source=holidays", "year=2020"] -> {"source": "holidays", "year": "2020"}."""
+    if not where:
+        return None
+    fields: dict[str, str] = {}
+    for condition in where:
+        name, equals, value = condition.partition("=")
+        if not equals or not name:
+            raise ApiError(422, "invalid_filter", f"where={condition!r}: expected field=value")
+        fields[name] = value
+    return fields
 
 
 def _check_k(k: int | None, default: int, largest: int) -> int:

@@ -12,6 +12,8 @@ from numpy.typing import NDArray
 from imagefinder.encoders.base import EncoderInfo
 
 Payload = Mapping[str, Any]
+# Payload field -> required value, e.g. {"source": "holidays"}: every field must match.
+Filter = Mapping[str, str | int | float | bool]
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,18 @@ class VectorStore(Protocol):
     def delete(self, ids: Sequence[str]) -> int: ...
 
     def search(
-        self, vector: NDArray[np.float32], k: int, penalties: NDArray[np.float32] | None = None
+        self,
+        vector: NDArray[np.float32],
+        k: int,
+        penalties: NDArray[np.float32] | None = None,
+        where: Filter | None = None,
     ) -> list[Hit]:
-        """Best first. A (views, dim) query scores each image by its best view minus penalty."""
+        """Best first. A (views, dim) query scores each image by its best view minus penalty.
+        `where` is applied during the search: k matches are returned when k exist."""
+        ...
+
+    def optimise(self) -> None:
+        """After a bulk change: let the store reorganise its index (build, retrain, snapshot)."""
         ...
 
     def get(self, image_id: str) -> Payload | None: ...
@@ -56,12 +67,18 @@ class VectorStore(Protocol):
 
     def page(self, offset: int, limit: int) -> list[tuple[str, Payload]]: ...
 
-    def vectors(self, projected: bool = True) -> NDArray[np.float32]: ...
+    def vectors(self, projected: bool = True, limit: int | None = None) -> NDArray[np.float32]:
+        """All vectors, or a random sample of at most `limit`."""
+        ...
 
     def get_meta(self, key: str) -> str | None: ...
 
     def set_meta(self, key: str, value: str) -> None: ...
 
     def count(self) -> int: ...
+
+    def index_stats(self) -> dict[str, Any]:
+        """How searches run (kind: exact or an approximate index, with its parameters)."""
+        ...
 
     def close(self) -> None: ...

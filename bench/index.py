@@ -1,0 +1,262 @@
+"""The embedded store at 100k and 1M images: build, memory, disk, latency, recall, reopen.
+
+Vectors: a synthetic mixture of 1,000 Gaussians in 256 dimensions (the default `search_dims`),
+L2-normalised; queries are 500 fresh draws from the same mixture (not stored points). Recall@10
+is measured against exact search on the same vectors. For each N a child process builds the
+store the way `imagefinder index` does (upserts in batches of 2,000 with payloads, then
+`optimise()`), and a second child reopens it and measures, so memory is that of a process which
+only opened the store (RSS after open minus RSS before). Rows:
+
+- `embedded`: `EmbeddedStore`, the full search path (filter lookup, IVF-SQ8 scan, exact re-score
+  of the candidates from SQLite, ids and payloads). `filtered_p50_ms`: with a filter matching 10%.
+- `exact-numpy`: the same vectors scanned exactly with one matrix product (the old default).
+
+usage: python bench/index.py [--sizes 100000,1000000] [--out bench/results/index.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DIM = 256
+CLUSTERS = 1000
+QUERIES = 500
+
+
+SPREAD = 0.8  # per-dimension noise around each centre; set from --spread
+
+
+def mixture(n: int, seed: int) -> np.ndarray:
+    """n points of a fixed mixture of Gaussians (centres from seed 0), in chunks."""
+    centres = np.random.default_rng(0).standard_normal((CLUSTERS, DIM)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, DIM), dtype=np.float32)
+    for start in range(0, n, 100_000):
+        stop = min(n, start + 100_000)
+        labels = rng.integers(0, CLUSTERS, stop - start)
+        out[start:stop] = centres[labels] + SPREAD * rng.standard_normal((stop - start, DIM)).astype(
+            np.float32
+        )
+    out /= np.linalg.norm(out, axis=1, keepdims=True)
+    return out
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def build(path: Path, n: int) -> dict[str, Any]:
+    from imagefinder.encoders.base import EncoderInfo
+    from imagefinder.stores.embedded import EmbeddedStore
+
+    vectors = mixture(n, seed=1)
+    started = time.perf_counter()
+    store = EmbeddedStore(path)
+    store.bind_encoder(EncoderInfo("synthetic", "1", DIM, "none"))
+    for start in range(0, n, 2000):
+        stop = min(n, start + 2000)
+        ids = [f"img{i:07d}" for i in range(start, stop)]
+        payloads = [{"uri": f"/photos/{i}.jpg", "source": f"s{int(i[3:]) % 10}"} for i in ids]
+        store.upsert(ids, vectors[start:stop], payloads)
+    store.optimise()
+    build_s = time.perf_counter() - started
+    store.close()
+    return {"build_s": round(build_s, 1)}
+
+
+def measure(path: Path, n: int) -> dict[str, Any]:
+    import faiss
+
+    from imagefinder.stores.embedded import EmbeddedStore
+
+    before = rss_bytes()
+    started = time.perf_counter()
+    store = EmbeddedStore(path)
+    count = store.count()
+    reopen_s = time.perf_counter() - started
+    memory = rss_bytes() - before
+    assert count == n, (count, n)
+    stats = store.index_stats()
+
+    queries = mixture(QUERIES, seed=2)
+    latencies, found = [], []
+    for query in queries:
+        t = time.perf_counter()
+        hits = store.search(query, k=10)
+        latencies.append((time.perf_counter() - t) * 1000)
+        found.append([int(h.id[3:]) for h in hits])
+    filtered = []
+    for query in queries[:200]:
+        t = time.perf_counter()
+        hits = store.search(query, k=10, where={"source": "s3"})
+        filtered.append((time.perf_counter() - t) * 1000)
+        assert len(hits) == 10 and all(h.payload["source"] == "s3" for h in hits)
+    store.close()
+    # Recall is a setting: the same index reopened with other nprobe values.
+    sweep_found: dict[int, list[list[int]]] = {}
+    sweep_latency: dict[int, list[float]] = {}
+    for nprobe in (8, 16, 64, 128):
+        swept = EmbeddedStore(path, nprobe=nprobe)
+        sweep_found[nprobe], sweep_latency[nprobe] = [], []
+        for query in queries[:200]:
+            t = time.perf_counter()
+            hits = swept.search(query, k=10)
+            sweep_latency[nprobe].append((time.perf_counter() - t) * 1000)
+            sweep_found[nprobe].append([int(h.id[3:]) for h in hits])
+        swept.close()
+
+    # Ground truth and the exact-scan baseline on the same vectors.
+    vectors = mixture(n, seed=1)
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(vectors)
+    _, truth = exact.search(queries, 10)
+
+    def recall_of(results: list[list[int]]) -> float:
+        pairs = zip(results, truth.tolist(), strict=False)
+        return round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in pairs])), 4)
+
+    recall = recall_of(found)
+    sweep = [
+        {
+            "nprobe": stats.get("nprobe"),
+            "p50_ms": round(percentile(latencies, 0.5), 3),
+            "recall_at_10": recall,
+        }
+    ]
+    sweep += [
+        {
+            "nprobe": p,
+            "p50_ms": round(percentile(sweep_latency[p], 0.5), 3),
+            "recall_at_10": recall_of(sweep_found[p]),
+        }
+        for p in sweep_found
+    ]
+    exact_latency = []
+    for query in queries[:100]:
+        t = time.perf_counter()
+        scores = vectors @ query
+        np.argpartition(-scores, 10)[:10]
+        exact_latency.append((time.perf_counter() - t) * 1000)
+    disk = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    common = {
+        "n": n,
+        "dim": DIM,
+        "queries": QUERIES,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+    return {
+        "embedded": {
+            **common,
+            "store": "embedded",
+            "index": f"IVF{stats.get('nlist')},SQ8 nprobe {stats.get('nprobe')} + exact re-score",
+            "bytes_per_vector": round(memory / n, 1),
+            "disk_bytes_per_vector": round(disk / n, 1),
+            "p50_ms": round(percentile(latencies, 0.5), 3),
+            "p99_ms": round(percentile(latencies, 0.99), 3),
+            "qps": round(1000 / (sum(latencies) / len(latencies)), 1),
+            "filtered_p50_ms": round(percentile(filtered, 0.5), 3),
+            "recall_at_10": recall,
+            "nprobe_sweep": sorted(sweep, key=lambda row: row["nprobe"]),
+            "reopen_s": round(reopen_s, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        },
+        "exact-numpy": {
+            **common,
+            "store": "exact-numpy",
+            "index": "float32 matrix, one matrix-vector product",
+            "bytes_per_vector": DIM * 4,
+            "p50_ms": round(percentile(exact_latency, 0.5), 3),
+            "p99_ms": round(percentile(exact_latency, 0.99), 3),
+            "qps": round(1000 / (sum(exact_latency) / len(exact_latency)), 1),
+            "recall_at_10": 1.0,
+        },
+    }
+
+
+def child(step: str, path: Path, n: int, spread: str) -> dict[str, Any]:
+    """Run one step in a fresh interpreter: memory and reopen time are not polluted by the build."""
+    output = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            step,
+            "--path",
+            str(path),
+            "--sizes",
+            str(n),
+            "--spread",
+            spread,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--spread",
+        default="0.8,2.0",
+        help="noise around the centres, one run each: 0.8 gives tight clusters, 2.0 clusters that overlap",
+    )
+    parser.add_argument("--child")
+    parser.add_argument("--path", type=Path)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    global SPREAD
+    if args.child:
+        SPREAD = float(args.spread)
+        result = build(args.path, sizes[0]) if args.child == "build" else measure(args.path, sizes[0])
+        print(json.dumps(result))  # noqa: T201  (read by the parent process)
+        return
+
+    rows: list[dict[str, Any]] = []
+    for spread in args.spread.split(","):
+        for n in sizes:
+            directory = Path(tempfile.mkdtemp(prefix=f"bench-index-{n}-"))
+            try:
+                built = child("build", directory, n, spread)
+                measured = child("measure", directory, n, spread)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+            measured["embedded"]["build_s"] = built["build_s"]
+            rows += [measured["embedded"], measured["exact-numpy"]]
+            for row in rows[-2:]:
+                row["data"] = f"mixture of {CLUSTERS} Gaussians, spread {spread}"
+                line = (
+                    f"{row['store']:>12} spread {spread} n={n:>8}  build {row.get('build_s', '-'):>6} s  "
+                    f"{row['bytes_per_vector']:>7} B/vec  p50 {row['p50_ms']:>7} ms  "
+                    f"p99 {row['p99_ms']:>7} ms  {row['qps']:>8} q/s  recall@10 {row['recall_at_10']}  "
+                    f"reopen {row.get('reopen_s', '-')} s  filtered p50 {row.get('filtered_p50_ms', '-')} ms"
+                )
+                print(line, flush=True)  # noqa: T201
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
