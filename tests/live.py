@@ -55,7 +55,12 @@ def serving(environment: dict[str, str], timeout_s: float = 120) -> Iterator[str
 def live_server(home: Path, photos: Path, model_cache: Path, **env: str) -> Iterator[str]:
     """Index `photos` into `home` with the CLI, serve it, yield the base URL, stop it after."""
     shutil.copytree(model_cache, home / "models", dirs_exist_ok=True)
-    environment = {**os.environ, "IMAGEFINDER_HOME": str(home), **env}
+    environment = {
+        **os.environ,
+        "IMAGEFINDER_HOME": str(home),
+        "IMAGEFINDER_TRACKING__ENABLED": "false",
+        **env,
+    }
     subprocess.run(
         [sys.executable, "-m", "imagefinder", "index", str(photos), "--quiet"],
         env=environment,

@@ -14,8 +14,16 @@ import pytest
 from tests.factories import encode, gradient, png_bomb
 
 
-def run_cli(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "IMAGEFINDER_HOME": str(home)}
+def run_cli(
+    home: Path, *args: str, check: bool = True, tracking: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a subprocess. MLflow tracking is off unless asked for: `test_tracking` covers
+    it, and creating a tracking database per temporary home costs seconds each."""
+    env = {
+        **os.environ,
+        "IMAGEFINDER_HOME": str(home),
+        "IMAGEFINDER_TRACKING__ENABLED": str(tracking).lower(),
+    }
     result = subprocess.run(
         [sys.executable, "-m", "imagefinder", *args],
         capture_output=True,

@@ -20,7 +20,7 @@ def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "imagefinder", *args],
         capture_output=True,
         text=True,
-        env={**os.environ, "IMAGEFINDER_HOME": str(home)},
+        env={**os.environ, "IMAGEFINDER_HOME": str(home), "IMAGEFINDER_TRACKING__ENABLED": "false"},
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import sys
@@ -100,39 +102,50 @@ def index(
 
     from imagefinder.blobs import BlobStore
     from imagefinder.sources import FolderSource, open_source
-    from imagefinder.wiring import build_fetcher, build_service
+    from imagefinder.wiring import build_fetcher, build_service, build_tracker, index_run_params
 
     settings = _settings(ctx)
     source = open_source(path, settings.images.max_bytes, build_fetcher(settings, allow_private=True))
     if prune is None:
         prune = isinstance(source, FolderSource)
     service = build_service(settings)
+    tracker = build_tracker(settings)
 
     def committed(ids: Sequence[str]) -> None:
         for image_id in ids:
             click.echo(f"indexed {image_id}")
         sys.stdout.flush()
 
+    report_path = settings.store_dir / "last_index_report.json"
+    failed_path = settings.store_dir / "last_index_failures.csv"
     try:
-        with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="indexing") as bar:
-            report = service.index(
-                source,
-                progress=bar.update,
-                on_commit=committed if verbose else None,
-                prune_source=source.name if prune else None,
-                refresh=refresh,
-                keep_files=BlobStore(keep_files.resolve()) if keep_files else None,
-            )
-        count = service.count()
+        with tracker.run("index", f"index {path.name}") as run:
+            options = {"prune": prune, "refresh": refresh, "keep_files": bool(keep_files)}
+            run.log_params(index_run_params(settings, service, source.name, options))
+            with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="indexing") as bar:
+                report = service.index(
+                    source,
+                    progress=bar.update,
+                    on_commit=committed if verbose else None,
+                    prune_source=source.name if prune else None,
+                    refresh=refresh,
+                    keep_files=BlobStore(keep_files.resolve()) if keep_files else None,
+                )
+            count = service.count()
+            _write_atomically(report_path, json.dumps(report.to_dict(), indent=1))
+            _write_atomically(failed_path, _problems_csv(report.problems))
+            run.log_metrics(_index_metrics(report, count, service.copy_threshold))
+            run.set_tags({f"index.{k}": str(v) for k, v in service.store.index_stats().items()})
+            run.log_artifact(report_path)
+            run.log_artifact(failed_path)
+            model = _register(tracker, service, run)
+            # The run that last changed the index is the one that built what is served.
+            changed = bool(report.indexed or report.pruned)
+            service.record_provenance(run.run_id if changed else None, model)
     finally:
         service.close()
     for problem in report.problems:
         click.echo(f"{problem['category']}: {problem['where']}: {problem['reason']}", err=True)
-    report_path = settings.store_dir / "last_index_report.json"
-    # Written whole or not at all: a kill while writing leaves the previous report.
-    partial = report_path.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(report.to_dict(), indent=1))
-    os.replace(partial, report_path)
     failed = ", ".join(f"{n} {reason}" for reason, n in sorted(report.failed_by_reason.items()))
     click.echo(
         f"indexed {report.indexed}, unchanged {report.unchanged}, skipped {report.failed}"
@@ -142,6 +155,57 @@ def index(
         f"the index holds {count} images"
     )
     click.echo(f"report: {report_path}")
+    if run.run_id:
+        registered = f", encoder {model.uri}" if model else ""
+        click.echo(f"mlflow: run {run.run_id}{registered} ({tracker.uri})")  # type: ignore[attr-defined]
+
+
+def _register(tracker: Any, service: Any, run: Any) -> Any:
+    """The registered encoder version; a model that cannot be registered is not an error."""
+    from imagefinder.errors import ModelUnavailableError
+
+    try:
+        return tracker.register_encoder(service.encoder, run)
+    except ModelUnavailableError as exc:
+        click.echo(f"mlflow: {exc}", err=True)
+        return None
+
+
+def _index_metrics(report: Any, count: int, copy_threshold: float) -> dict[str, float]:
+    metrics: dict[str, float] = {
+        "seen": report.seen,
+        "indexed": report.indexed,
+        "unchanged": report.unchanged,
+        "duplicates": report.duplicates,
+        "failed": report.failed,
+        "pruned": report.pruned,
+        "images_in_index": count,
+        "seconds": report.seconds,
+        "images_per_s": report.images_per_s,
+        "copy_threshold": copy_threshold,
+    }
+    for reason, n in report.failed_by_reason.items():
+        metrics[f"failed.{reason}"] = n
+    for stage, seconds in report.stage_seconds.items():
+        metrics[f"stage.{stage}.seconds"] = seconds
+        if seconds > 0:
+            metrics[f"stage.{stage}.images_per_s"] = report.indexed / seconds
+    return metrics
+
+
+def _problems_csv(problems: list[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["where", "category", "reason"])
+    writer.writeheader()
+    writer.writerows(problems)
+    return buffer.getvalue()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Written whole or not at all: a kill while writing leaves the previous file."""
+    partial = path.with_suffix(path.suffix + ".tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 @main.command()
@@ -229,6 +293,10 @@ def info(ctx: click.Context, as_json: bool) -> None:
             "images": store.count(),
             "store": str(store.path),
             "search": store.index_stats(),
+            "mlflow": {
+                key: store.get_meta(key)
+                for key in ("model_uri", "model_registry_version", "model_sha256", "index_run_id")
+            },
             "copy_threshold": float(store.get_meta("copy_threshold") or DEFAULT_THRESHOLD),
             "encoder": None
             if encoder is None
@@ -258,6 +326,40 @@ def info(ctx: click.Context, as_json: bool) -> None:
         click.echo("encoder: none yet (empty index)")
     else:
         click.echo(f"encoder: {encoder.name} v{encoder.version}, {encoder.dim}-d ({encoder.preprocessing})")
+    mlflow = details["mlflow"]
+    click.echo(f"model:   {mlflow['model_uri'] or 'not registered in MLflow'}")
+    click.echo(f"mlflow run of the last index build: {mlflow['index_run_id'] or 'none'}")
+
+
+@main.command()
+@click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.pass_context
+@_user_errors
+def runs(ctx: click.Context, limit: int) -> None:
+    """List the MLflow runs (index builds, evaluations) and the registered encoder versions."""
+    from imagefinder.wiring import mlflow_tracker
+
+    tracker = mlflow_tracker(_settings(ctx))
+    click.echo(f"tracking store: {tracker.uri}")
+    for run in tracker.list_runs(limit):
+        metrics = run.data.metrics
+        shown = ", ".join(
+            f"{key} {metrics[key]:.4g}"
+            for key in ("indexed", "images_in_index", "images_per_s", "recall_at_1", "mAP")
+            if key in metrics
+        )
+        click.echo(
+            f"{run.info.run_id}  {run.data.tags.get('imagefinder.kind', '?'):<8} {run.info.status:<9} "
+            f"{run.info.run_name}  {shown}"
+        )
+    click.echo(f"registered versions of {tracker.registered_model}:")
+    for version in tracker.list_versions():
+        aliases = f" @{', @'.join(version.aliases)}" if getattr(version, "aliases", None) else ""
+        click.echo(
+            f"  v{version.version}{aliases}  {version.tags.get('encoder_name')} "
+            f"v{version.tags.get('encoder_version')}  run {version.run_id}  "
+            f"sha256 {version.tags.get('sha256', '')[:12]}"
+        )
 
 
 @main.command()
@@ -393,6 +495,68 @@ def evaluate(
     if html_out:
         write_html(evaluation, html_out, title)
         click.echo(f"report:  {html_out}")
+    inputs = {
+        "collection": collection,
+        "queries": queries,
+        "ground_truth": ground_truth,
+        "labelled": labelled,
+    }
+    _track_evaluation(settings, evaluation, title, inputs, use_index)
+
+
+def _track_evaluation(
+    settings: Settings, evaluation: Any, title: str, inputs: dict[str, Path | None], use_index: bool
+) -> None:
+    """One MLflow run per evaluation: metrics (per group too), the HTML report, the
+    precision-recall curve, linked to the MLflow run of the index it measured."""
+    import tempfile
+
+    from imagefinder.evaluation.report import pr_curve_svg, render_html
+    from imagefinder.stores.embedded import EmbeddedStore
+    from imagefinder.wiring import build_tracker
+
+    tracker = build_tracker(settings)
+    if not tracker.enabled:
+        return
+    metrics = evaluation.metrics
+    with tracker.run("evaluate", title[:200]) as run, tempfile.TemporaryDirectory() as scratch:
+        run.log_params(
+            {
+                "encoder.setting": settings.encoder,
+                "whitening": settings.whitening,
+                "search_dims": settings.search_dims,
+                "rotated_queries": settings.rotated_queries,
+                "use_index": use_index,
+                **{name: str(path) for name, path in inputs.items() if path is not None},
+            }
+        )
+        flat = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        for group, values in (metrics.get("by_group") or {}).items():
+            flat.update({f"{group}.{k}": float(v) for k, v in values.items() if isinstance(v, int | float)})
+        flat.update({f"seconds.{k}": v for k, v in evaluation.seconds.items()})
+        run.log_metrics(flat)
+        if use_index:
+            store = EmbeddedStore(settings.store_dir)
+            try:
+                index_run = store.get_meta("index_run_id")
+            finally:
+                store.close()
+            run.set_tags(
+                {
+                    "imagefinder.index_run_id": index_run or "unknown",
+                    "imagefinder.index": str(settings.store_dir),
+                }
+            )
+        else:
+            measured = inputs.get("collection") or inputs.get("labelled")
+            run.set_tags({"imagefinder.index": f"temporary index of {measured}"})
+        folder = Path(scratch)
+        (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (folder / "report.html").write_text(render_html(evaluation, title), encoding="utf-8")
+        (folder / "precision_recall.svg").write_text(pr_curve_svg(evaluation), encoding="utf-8")
+        for name in ("metrics.json", "report.html", "precision_recall.svg"):
+            run.log_artifact(folder / name)
+    click.echo(f"mlflow: run {run.run_id}")
 
 
 @main.command("make-benchmark")

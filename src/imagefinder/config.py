@@ -46,6 +46,20 @@ class StoreSettings(BaseModel):
     )
 
 
+class TrackingSettings(BaseModel):
+    enabled: bool = Field(True, description="Record every index and evaluate run in MLflow (false: off).")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default: `MLFLOW_TRACKING_URI` when set, else "
+        "`sqlite:///<home>/mlflow.db` with artifacts in `<home>/mlartifacts`.",
+    )
+    experiment: str = Field("imagefinder", description="MLflow experiment the runs go to.")
+    registered_model: str = Field(
+        "imagefinder-encoder",
+        description="Name the encoder is registered under in the MLflow model registry.",
+    )
+
+
 def _comma_list(value: object) -> object:
     """Lists may be given in an environment variable as comma-separated text."""
     if isinstance(value, str):
@@ -89,7 +103,8 @@ class Settings(BaseSettings):
     )
     encoder: str = Field(
         "efficientnet-lite0",
-        description="The image encoder: efficientnet-lite0, or hf:<Hugging Face id or local folder>.",
+        description="The image encoder: efficientnet-lite0, hf:<Hugging Face id or local folder>, or a "
+        "registered MLflow version: models:/imagefinder-encoder/3 or models:/imagefinder-encoder@production.",
     )
     hf_pooling: str = Field(
         "auto",
@@ -123,6 +138,7 @@ class Settings(BaseSettings):
     fetch: FetchSettingsModel = Field(default_factory=FetchSettingsModel)
     store: StoreSettings = Field(default_factory=StoreSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
 
     @property
     def home_dir(self) -> Path:

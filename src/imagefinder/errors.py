@@ -79,3 +79,7 @@ class FetchError(ImageFinderError):
 
 class ModelUnavailableError(ImageFinderError):
     """The encoder's weights or exported model cannot be found or built."""
+
+
+class TrackingError(ImageFinderError):
+    """The MLflow tracking store cannot be opened or written (bad URI, unreachable server)."""

@@ -24,6 +24,7 @@ from imagefinder.calibration import DEFAULT_THRESHOLD, copy_threshold
 from imagefinder.encoders.base import Encoder, EncoderInfo
 from imagefinder.errors import (
     DuplicateImageError,
+    EncoderMismatchError,
     ImageFinderError,
     InvalidIdError,
     TextSearchUnsupportedError,
@@ -35,6 +36,7 @@ from imagefinder.images import ImageLimits, content_hash, decode_image
 from imagefinder.indexer import Indexer, IndexReport
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Filter, Hit, Payload, VectorStore
+from imagefinder.tracking import ModelRecord
 from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, fit_whitening
 
 # With `rotated_queries`, a query is also searched transposed and transversed (mirrored and turned
@@ -106,10 +108,43 @@ class ImageFinder:
         self._whitening = whitening
         self._search_dims = search_dims
         self._indexer = Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers)
+        self._check_registered_model()
 
     @property
     def model(self) -> EncoderInfo:
         return self.encoder.info
+
+    # -- provenance (MLflow) ---------------------------------------------------------------
+
+    def provenance(self) -> dict[str, str | None]:
+        """Which registered model version built this index, and the MLflow run that built it."""
+        keys = ("model_uri", "model_registry_version", "model_sha256", "index_run_id")
+        recorded: dict[str, str | None] = {key: self.store.get_meta(key) for key in keys}
+        served = getattr(self.encoder, "registered", None)
+        recorded["served_model_uri"] = served.uri if served is not None else None
+        return recorded
+
+    def record_provenance(self, run_id: str | None, model: ModelRecord | None) -> None:
+        """Remember the index run and the registered encoder version with the index."""
+        if run_id:
+            self.store.set_meta("index_run_id", run_id)
+        if model is not None:
+            self.store.set_meta("model_uri", model.uri)
+            self.store.set_meta("model_registry_version", model.version)
+            self.store.set_meta("model_sha256", model.sha256)
+
+    def _check_registered_model(self) -> None:
+        """A registered version asked for by URI must be the one the index was built with: the
+        same name/version/dim is checked by the store, the same ONNX file (SHA-256) here."""
+        served = getattr(self.encoder, "registered", None)
+        built_sha = self.store.get_meta("model_sha256")
+        if served is None or not built_sha or served.sha256 == built_sha:
+            return
+        raise EncoderMismatchError(
+            f"the index was built by {self.store.get_meta('model_uri')} (sha256 {built_sha[:12]}), "
+            f"not by {served.uri} (sha256 {served.sha256[:12]}); serve it with the model that built "
+            "it or rebuild the index"
+        )
 
     # -- collections -----------------------------------------------------------------------
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 from imagefinder.blobs import BlobStore
 from imagefinder.config import Settings
 from imagefinder.encoders import Encoder, build_encoder
@@ -10,6 +13,7 @@ from imagefinder.images import ImageLimits
 from imagefinder.service import ImageFinder
 from imagefinder.stores.base import VectorStore
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.tracking import MODEL_URI_PREFIX, MlflowTracker, NoTracker, Tracker
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -35,7 +39,26 @@ def build_fetcher(settings: Settings, allow_private: bool) -> HttpFetcher:
     )
 
 
+def build_tracker(settings: Settings) -> Tracker:
+    return mlflow_tracker(settings) if settings.tracking.enabled else NoTracker()
+
+
+def mlflow_tracker(settings: Settings) -> MlflowTracker:
+    """The configured tracking store: `tracking.uri`, else MLFLOW_TRACKING_URI, else a SQLite
+    file in the data directory (no server needed)."""
+    uri = settings.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    artifact_root = None
+    if not uri:
+        settings.home_dir.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{(settings.home_dir / 'mlflow.db').resolve()}"
+        artifact_root = settings.home_dir / "mlartifacts"
+    return MlflowTracker(uri, artifact_root, settings.tracking.experiment, settings.tracking.registered_model)
+
+
 def build_configured_encoder(settings: Settings) -> Encoder:
+    if settings.encoder.startswith(MODEL_URI_PREFIX):
+        # A registered version: loaded from the registry even when tracking of runs is off.
+        return mlflow_tracker(settings).load_encoder(settings.encoder)  # type: ignore[no-any-return]
     return build_encoder(settings.encoder, settings.model_cache_dir, settings.hf_pooling, settings.device)
 
 
@@ -61,3 +84,34 @@ def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> Ima
         whitening=settings.whitening,
         search_dims=settings.search_dims,
     )
+
+
+def index_run_params(
+    settings: Settings, service: ImageFinder, source: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    """What an index run records in MLflow: enough to rebuild the same index."""
+    info = service.encoder.info
+    return {
+        "encoder.name": info.name,
+        "encoder.version": info.version,
+        "encoder.dim": info.dim,
+        "encoder.preprocessing": info.preprocessing,
+        "encoder.runtime": getattr(service.encoder, "runtime", "onnx"),
+        "encoder.setting": settings.encoder,
+        "source": source,
+        "store.kind": "embedded",
+        "store.path": str(settings.store_dir),
+        "store.exact_below": settings.store.exact_below,
+        "store.nprobe": settings.store.nprobe,
+        "search_dims": settings.search_dims,
+        "whitening": settings.whitening,
+        "rotated_queries": settings.rotated_queries,
+        "batch_size": settings.batch_size,
+        "decode_workers": settings.decode_workers,
+        "fetch.workers": settings.fetch.workers,
+        "fetch.timeout_s": settings.fetch.timeout_s,
+        "fetch.retries": settings.fetch.retries,
+        "images.max_pixels": settings.images.max_pixels,
+        "images.max_bytes": settings.images.max_bytes,
+        **options,
+    }

@@ -83,6 +83,12 @@ class Health(BaseModel):
         description="How searches run: kind (exact or ivf), dim, and for ivf nlist and nprobe.",
         examples=[{"kind": "ivf", "vectors": 1000000, "dim": 256, "nlist": 4096, "nprobe": 32}],
     )
+    mlflow: dict[str, str | None] | None = Field(
+        None,
+        description="Provenance of the served index: the registered encoder version that built it "
+        "(model_uri, model_registry_version, model_sha256), the MLflow run of its last build "
+        "(index_run_id), and the registered version being served when one was named (served_model_uri).",
+    )
 
 
 class AddUrl(BaseModel):

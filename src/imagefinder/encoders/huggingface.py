@@ -80,9 +80,7 @@ def load_hf_encoder(ref: str, cache_dir: Path, pooling: str = "auto", device: st
         preprocessing=f"{type(processor).__name__} of {ref} ({size} px); {family} {pooling}; L2",
     )
 
-    def preprocess(image: Image.Image) -> NDArray[np.float32]:
-        pixels = processor(images=[image], return_tensors="np")["pixel_values"][0]
-        return np.ascontiguousarray(pixels, dtype=np.float32)
+    preprocess = processor_preprocess(processor)
 
     text = _text_embedder(ref, model, family)
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -92,11 +90,24 @@ def load_hf_encoder(ref: str, cache_dir: Path, pooling: str = "auto", device: st
             from imagefinder.encoders.onnx_runtime import OnnxEncoder
 
             encoder: Any = OnnxEncoder(onnx_path, info, preprocess, min_short_side=size)
+            # What an MLflow registration needs to rebuild it: the processor, saved beside.
+            encoder.spec = {"kind": "hf", "min_short_side": size}
+            encoder.processor = processor
             encoder.runtime = "onnx"
             encoder.embed_texts = text
             encoder.torch_reference = tower
             return encoder
     return TorchEncoder(tower, info, preprocess, size, "cuda" if use_cuda else "cpu", text)
+
+
+def processor_preprocess(processor: Any) -> Any:
+    """Image -> pixel values, as the model's own Hugging Face image processor prepares them."""
+
+    def preprocess(image: Image.Image) -> NDArray[np.float32]:
+        pixels = processor(images=[image], return_tensors="np")["pixel_values"][0]
+        return np.ascontiguousarray(pixels, dtype=np.float32)
+
+    return preprocess
 
 
 class TorchEncoder:

@@ -71,11 +71,16 @@ def ensure_lite0_onnx(cache_dir: Path) -> Path:
     return target
 
 
+PREPROCESS = {"short_side": SHORT_SIDE, "crop": CROP, "mean": 127.0, "std": 128.0}
+
+
 def lite0_encoder(cache_dir: Path, threads: int | None = None) -> OnnxEncoder:
-    return OnnxEncoder(
+    encoder = OnnxEncoder(
         ensure_lite0_onnx(cache_dir),
         LITE0_INFO,
-        partial(resize_crop_normalise, short_side=SHORT_SIDE, crop=CROP, mean=127.0, std=128.0),
+        partial(resize_crop_normalise, **PREPROCESS),  # type: ignore[arg-type]
         min_short_side=SHORT_SIDE,
         threads=threads,
     )
+    encoder.spec = {"kind": "resize_crop_normalise", "min_short_side": SHORT_SIDE, **PREPROCESS}
+    return encoder

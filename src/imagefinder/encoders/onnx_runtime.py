@@ -45,6 +45,9 @@ class OnnxEncoder:
         self._preprocess = preprocess
         self.info = info
         self.min_short_side = min_short_side
+        self.model_path = model_path
+        # How to rebuild this encoder from the ONNX file (see encoders.pyfunc); set by builders.
+        self.spec: dict[str, object] | None = None
 
     def preprocess(self, image: Image.Image) -> NDArray[np.float32]:
         return self._preprocess(image)

@@ -46,11 +46,11 @@ td,th{{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left}}.strip{
 margin:.6rem 0;align-items:flex-start}}figure{{margin:0;width:{THUMB}px}}figcaption{{font-size:.75rem;
 word-break:break-all}}img{{max-width:{THUMB}px;max-height:{THUMB}px}}.miss{{outline:3px solid #c33}}</style>
 </head><body><h1>{html.escape(title)}</h1><h2>Overall</h2><table>{rows}</table>{group_table}
-<h2>Precision-recall (micro, all query-result pairs)</h2>{_pr_svg(evaluation)}
+<h2>Precision-recall (micro, all query-result pairs)</h2>{pr_curve_svg(evaluation)}
 <h2>Worst queries</h2>{_worst_strips(evaluation, worst)}</body></html>"""
 
 
-def _pr_svg(evaluation: Evaluation, width: int = 420, height: int = 300) -> str:
+def pr_curve_svg(evaluation: Evaluation, width: int = 420, height: int = 300) -> str:
     _, curve = micro_pr_curve(evaluation.truth, evaluation.rankings)
     step = max(1, len(curve) // 400)
     points = " ".join(
@@ -58,7 +58,8 @@ def _pr_svg(evaluation: Evaluation, width: int = 420, height: int = 300) -> str:
         for p in curve[::step]
     )
     return (
-        f'<svg width="{width}" height="{height}" role="img" aria-label="precision-recall curve">'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        'aria-label="precision-recall curve">'
         f'<line x1="40" y1="{height - 30}" x2="{width - 10}" y2="{height - 30}" stroke="#888"/>'
         f'<line x1="40" y1="10" x2="40" y2="{height - 30}" stroke="#888"/>'
         f'<text x="{width // 2}" y="{height - 8}" font-size="12">recall</text>'
