@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,25 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     written = write_demo_collection(folder)
     assert len(written) >= 12, "scikit-image's bundled photos are missing"
     return folder
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus server (the standalone build from the `milvus` PyPI package), started once
+    per test session on free ports, in a temporary data folder. Yields its http:// address."""
+    from milvus import MilvusServer
+
+    server = MilvusServer()
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus")))
+    server.listen_port = _free_port()
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.listen_port}"
+    finally:
+        server.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -1,30 +1,70 @@
+"""The store contract: every test here without `embedded_only` runs against the embedded store
+and against a real Milvus server (started once per session by the `milvus_server` fixture)."""
+
 from __future__ import annotations
 
 import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from imagefinder.encoders.base import EncoderInfo, l2_normalise
-from imagefinder.errors import EncoderMismatchError, StoreVersionError
+from imagefinder.errors import (
+    EncoderMismatchError,
+    InvalidFilterError,
+    StoreUnavailableError,
+    StoreVersionError,
+)
 from imagefinder.stores.embedded import EmbeddedStore
 
 INFO = EncoderInfo("test-encoder", "1", 4, "none")
+Opener = Callable[[], Any]
 
 
 def vec(*values: float) -> np.ndarray:
     return l2_normalise(np.array([values], dtype=np.float32))
 
 
-def open_bound(path: Path) -> EmbeddedStore:
-    store = EmbeddedStore(path)
-    store.bind_encoder(INFO)
-    return store
+@pytest.fixture(params=["embedded", "milvus"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens the same store each time it is called: a folder, or one Milvus collection."""
+    opened: list[Any] = []
+    if request.param == "embedded":
+
+        def open_store() -> Any:
+            opened.append(EmbeddedStore(tmp_path))
+            return opened[-1]
+
+    else:
+        from imagefinder.stores.milvus import MilvusStore
+
+        server = request.getfixturevalue("milvus_server")
+        collection = f"t_{uuid.uuid4().hex[:12]}"
+
+        def open_store() -> Any:
+            opened.append(MilvusStore(server, collection))
+            return opened[-1]
+
+    yield open_store
+    for store in opened:
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001  (closed by the test already)
+            pass
 
 
-def test_search_returns_best_first_with_cosine_scores(tmp_path: Path) -> None:
-    store = open_bound(tmp_path)
+@pytest.fixture
+def store(opener: Opener) -> Any:
+    bound = opener()
+    bound.bind_encoder(INFO)
+    return bound
+
+
+def test_search_returns_best_first_with_cosine_scores(store: Any) -> None:
     vectors = np.vstack([vec(1, 0, 0, 0), vec(1, 1, 0, 0), vec(0, 0, 1, 0)])
     store.upsert(["a", "b", "c"], vectors, [{"uri": "a.jpg"}, {"uri": "b.jpg"}, {"uri": "c.jpg"}])
     hits = store.search(vec(1, 0.1, 0, 0)[0], k=2)
@@ -34,22 +74,19 @@ def test_search_returns_best_first_with_cosine_scores(tmp_path: Path) -> None:
     assert hits[0].payload["uri"] == "a.jpg"
 
 
-def test_k_larger_than_collection_returns_all(tmp_path: Path) -> None:
-    store = open_bound(tmp_path)
+def test_k_larger_than_collection_returns_all(store: Any, opener: Opener) -> None:
+    assert store.search(vec(1, 0, 0, 0)[0], k=3) == []
     store.upsert(["a", "b"], np.vstack([vec(1, 0, 0, 0), vec(0, 1, 0, 0)]), [{}, {}])
     assert len(store.search(vec(1, 0, 0, 0)[0], k=10)) == 2
-    assert EmbeddedStore(tmp_path / "empty").search(vec(1, 0, 0, 0)[0], k=3) == []
 
 
-def test_equal_scores_come_in_id_order(tmp_path: Path) -> None:
-    store = open_bound(tmp_path)
+def test_equal_scores_come_in_id_order(store: Any) -> None:
     same = np.repeat(vec(0, 1, 0, 0), 4, axis=0)
     store.upsert(["d", "b", "c", "a"], same, [{}] * 4)
     assert [h.id for h in store.search(vec(0, 1, 0, 0)[0], k=3)] == ["a", "b", "c"]
 
 
-def test_upsert_replaces_and_delete_removes(tmp_path: Path) -> None:
-    store = open_bound(tmp_path)
+def test_upsert_replaces_and_delete_removes(store: Any) -> None:
     store.upsert(
         ["a", "b", "c"], np.vstack([vec(1, 0, 0, 0), vec(0, 1, 0, 0), vec(0, 0, 1, 0)]), [{"v": 1}, {}, {}]
     )
@@ -64,38 +101,37 @@ def test_upsert_replaces_and_delete_removes(tmp_path: Path) -> None:
     assert np.allclose(store.get_vector("c"), vec(0, 0, 1, 0)[0])
 
 
-def test_reopen_keeps_everything(tmp_path: Path) -> None:
-    store = open_bound(tmp_path)
+def test_reopen_keeps_everything(store: Any, opener: Opener) -> None:
     rng = np.random.default_rng(0)
     vectors = l2_normalise(rng.normal(size=(100, 4)).astype(np.float32))
     store.upsert([f"id{i}" for i in range(100)], vectors, [{"i": i} for i in range(100)])
     store.delete(["id5"])
-    before = [(h.id, round(h.score, 6)) for h in store.search(vectors[7], k=5)]
+    store.set_meta("copy_threshold", "0.5")
+    before = [(h.id, round(h.score, 5)) for h in store.search(vectors[7], k=5)]
     store.close()
-    again = EmbeddedStore(tmp_path)
-    assert again.encoder_info == INFO
-    assert again.count() == 99 and again.get("id5") is None
-    assert [(h.id, round(h.score, 6)) for h in again.search(vectors[7], k=5)] == before
+    again = opener()
+    assert again.encoder_info == INFO and again.get_meta("copy_threshold") == "0.5"
+    assert again.count() == 99 and again.get("id5") is None and again.get("id6") == {"i": 6}
+    assert [(h.id, round(h.score, 5)) for h in again.search(vectors[7], k=5)] == before
+    np.testing.assert_allclose(again.get_vector("id9"), vectors[9], atol=1e-6)
 
 
-def test_refuses_another_encoder_once_it_has_vectors(tmp_path: Path) -> None:
-    store = open_bound(tmp_path)
+def test_refuses_another_encoder_once_it_has_vectors(store: Any, opener: Opener) -> None:
     store.upsert(["a"], vec(1, 0, 0, 0), [{}])
     store.close()
-    reopened = EmbeddedStore(tmp_path)
+    reopened = opener()
     with pytest.raises(EncoderMismatchError, match="test-encoder v1.*other v2"):
         reopened.bind_encoder(EncoderInfo("other", "2", 8, ""))
     reopened.bind_encoder(INFO)  # the same encoder is fine
 
 
-def test_empty_store_can_be_rebound(tmp_path: Path) -> None:
-    store = open_bound(tmp_path)
+def test_empty_store_can_be_rebound(store: Any) -> None:
     other = EncoderInfo("other", "2", 8, "")
     store.bind_encoder(other)
     assert store.encoder_info == other
 
 
-def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+def test_embedded_refuses_a_newer_schema(tmp_path: Path) -> None:
     EmbeddedStore(tmp_path).close()
     with sqlite3.connect(tmp_path / "images.sqlite") as db:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
@@ -103,8 +139,7 @@ def test_refuses_a_newer_schema(tmp_path: Path) -> None:
         EmbeddedStore(tmp_path)
 
 
-def test_rejects_wrong_dimension_and_duplicate_ids(tmp_path: Path) -> None:
-    store = open_bound(tmp_path)
+def test_rejects_wrong_dimension_and_duplicate_ids(store: Any) -> None:
     with pytest.raises(ValueError, match="8-d"):
         store.upsert(["a"], np.ones((1, 8), dtype=np.float32), [{}])
     with pytest.raises(ValueError, match="duplicate"):
@@ -112,11 +147,11 @@ def test_rejects_wrong_dimension_and_duplicate_ids(tmp_path: Path) -> None:
     assert store.count() == 0
 
 
-def test_a_second_process_sees_writes_of_the_first(tmp_path: Path) -> None:
-    """A server's store and the CLI's store on the same folder: reads, deletes and vector
+def test_a_second_client_sees_writes_of_the_first(store: Any, opener: Opener) -> None:
+    """A server's store and the CLI's store on the same index: reads, deletes and vector
     lookups of one see what the other committed."""
-    writer = open_bound(tmp_path)
-    reader = EmbeddedStore(tmp_path)
+    writer = store
+    reader = opener()
     writer.upsert(["a", "b"], np.vstack([vec(1, 0, 0, 0), vec(0, 1, 0, 0)]), [{}, {}])
     assert reader.get_vector("a") is not None
     assert reader.count() == 2 and sorted(reader.ids()) == ["a", "b"]
@@ -124,3 +159,49 @@ def test_a_second_process_sees_writes_of_the_first(tmp_path: Path) -> None:
     assert reader.delete(["c"]) == 1
     assert writer.search(vec(0, 0, 1, 0)[0], k=1)[0].id != "c"
     assert writer.count() == 2
+
+
+def test_filters_hashes_pages_and_samples(store: Any) -> None:
+    rng = np.random.default_rng(1)
+    vectors = l2_normalise(rng.normal(size=(30, 4)).astype(np.float32))
+    payloads = [
+        {
+            "uri": f"{i}.jpg",
+            "hash": f"{i:04x}",
+            "source": "odd" if i % 2 else "even",
+            "width": 100 + i,
+            "meta": {"year": str(1990 + i % 3)},
+        }
+        for i in range(30)
+    ]
+    ids = [f"img{i:02d}" for i in range(30)]
+    store.upsert(ids, vectors, payloads)
+    odd = store.search(vectors[0], k=5, where={"source": "odd"})
+    assert len(odd) == 5 and all(h.payload["source"] == "odd" for h in odd)
+    assert [h.id for h in store.search(vectors[0], k=5, where={"width": "107"})] == ["img07"]
+    assert [h.id for h in store.search(vectors[0], k=5, where={"width": 107})] == ["img07"]
+    years = store.search(vectors[0], k=30, where={"meta.year": "1991", "source": "odd"})
+    assert {h.id for h in years} == {ids[i] for i in range(30) if i % 3 == 1 and i % 2 == 1}
+    assert store.search(vectors[0], k=5, where={"source": "nobody"}) == []
+    with pytest.raises(InvalidFilterError):
+        store.search(vectors[0], k=5, where={"source": ["a"]})
+    assert store.find_by_hash("0007") == "img07" and store.find_by_hash("ffff") is None
+    assert store.ids() == ids
+    assert [image_id for image_id, _ in store.page(5, 3)] == ids[5:8]
+    assert store.page(2, 1)[0][1]["uri"] == "2.jpg"
+    assert sorted(i for i, _ in store.payload_items()) == ids
+    assert len(store.vectors(limit=10)) == 10 and len(store.vectors()) == 30
+    copied = [row for batch in store.items() for row in batch]
+    assert sorted(row[0] for row in copied) == ids
+    # Several views of one query: each image scores its best view less that view's penalty.
+    views = np.stack([vectors[3], vectors[4]])
+    top = store.search(views, k=2, penalties=np.array([0.0, 0.5], dtype=np.float32))
+    assert top[0].id == "img03" and top[0].score == pytest.approx(1.0, abs=1e-4)
+    assert store.search(views, k=1, penalties=np.array([0.5, 0.0], dtype=np.float32))[0].id == "img04"
+
+
+def test_milvus_unreachable_is_a_clear_error() -> None:
+    from imagefinder.stores.milvus import MilvusStore
+
+    with pytest.raises(StoreUnavailableError, match="127.0.0.1:9"):
+        MilvusStore("http://127.0.0.1:9", "nothing_here", timeout_s=2)

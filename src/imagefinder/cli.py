@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from imagefinder.config import Settings, StoreSettings
+from imagefinder.config import Settings
 from imagefinder.errors import ImageFinderError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -46,18 +46,19 @@ def _user_errors(function: F) -> F:
 )
 @click.option(
     "--store",
-    "store_path",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Folder of the index (default <home>/index or $IMAGEFINDER_STORE__PATH).",
+    "store_location",
+    help="Folder of the index (default <home>/index or $IMAGEFINDER_STORE__PATH), or a Milvus "
+    "collection: milvus://host:port/collection (or $IMAGEFINDER_STORE__URI).",
 )
 @click.option(
     "--model",
-    help="Image encoder: efficientnet-lite0 (default) or hf:<Hugging Face id or local folder> "
-    "(or $IMAGEFINDER_ENCODER). An index stays tied to the model that built it.",
+    help="Image encoder: efficientnet-lite0 (default), hf:<Hugging Face id or local folder>, or a "
+    "registered version models:/imagefinder-encoder/3 (or $IMAGEFINDER_ENCODER). An index stays "
+    "tied to the model that built it.",
 )
 @click.version_option(package_name="imagefinder")
 @click.pass_context
-def main(ctx: click.Context, home: Path | None, store_path: Path | None, model: str | None) -> None:
+def main(ctx: click.Context, home: Path | None, store_location: str | None, model: str | None) -> None:
     """ImageFinder: index a collection of images, then find the ones that look like a query."""
     overrides: dict[str, Any] = {}
     if home is not None:
@@ -65,8 +66,12 @@ def main(ctx: click.Context, home: Path | None, store_path: Path | None, model: 
     if model is not None:
         overrides["encoder"] = model
     settings = Settings(**overrides)
-    if store_path is not None:
-        settings = settings.model_copy(update={"store": StoreSettings(path=store_path)})
+    if store_location is not None:
+        if store_location.startswith(("milvus://", "milvuss://")):
+            store = settings.store.model_copy(update={"uri": store_location})
+        else:
+            store = settings.store.model_copy(update={"path": Path(store_location), "uri": None})
+        settings = settings.model_copy(update={"store": store})
     ctx.obj = settings
 
 
@@ -116,6 +121,7 @@ def index(
             click.echo(f"indexed {image_id}")
         sys.stdout.flush()
 
+    settings.store_dir.mkdir(parents=True, exist_ok=True)
     report_path = settings.store_dir / "last_index_report.json"
     failed_path = settings.store_dir / "last_index_failures.csv"
     try:
@@ -512,8 +518,7 @@ def _track_evaluation(
     import tempfile
 
     from imagefinder.evaluation.report import pr_curve_svg, render_html
-    from imagefinder.stores.embedded import EmbeddedStore
-    from imagefinder.wiring import build_tracker
+    from imagefinder.wiring import build_tracker, open_store
 
     tracker = build_tracker(settings)
     if not tracker.enabled:
@@ -536,7 +541,7 @@ def _track_evaluation(
         flat.update({f"seconds.{k}": v for k, v in evaluation.seconds.items()})
         run.log_metrics(flat)
         if use_index:
-            store = EmbeddedStore(settings.store_dir)
+            store = open_store(settings)
             try:
                 index_run = store.get_meta("index_run_id")
             finally:
@@ -557,6 +562,51 @@ def _track_evaluation(
         for name in ("metrics.json", "report.html", "precision_recall.svg"):
             run.log_artifact(folder / name)
     click.echo(f"mlflow: run {run.run_id}")
+
+
+@main.command()
+@click.option(
+    "--from", "source", required=True, help="Folder of an embedded index, or milvus://host:port/collection."
+)
+@click.option("--to", "target", required=True, help="Where to copy it (a folder or a milvus:// URI).")
+@click.pass_context
+@_user_errors
+def migrate(ctx: click.Context, source: str, target: str) -> None:
+    """Copy an index between stores (embedded <-> Milvus) without re-embedding any image."""
+    import numpy as np
+
+    from imagefinder.wiring import open_store_at
+
+    settings = _settings(ctx)
+    origin = open_store_at(source, settings)
+    try:
+        info = origin.encoder_info
+        if info is None or origin.count() == 0:
+            raise click.UsageError(f"{source} holds no index")
+        destination = open_store_at(target, settings)
+        try:
+            destination.bind_encoder(info)  # refuses a non-empty index of another encoder
+            copied = 0
+            for batch in origin.items():
+                ids, vectors, payloads = zip(*batch, strict=True)
+                destination.upsert(list(ids), np.stack(vectors), list(payloads))
+                copied += len(batch)
+            for key in _PORTABLE_META:
+                value = origin.get_meta(key)
+                if value is not None:
+                    destination.set_meta(key, value)
+            destination.optimise()
+            total = destination.count()
+        finally:
+            destination.close()
+    finally:
+        origin.close()
+    click.echo(f"copied {copied} images from {source} to {target}; it holds {total} images")
+
+
+# What an index records about itself that stays true in another store (the whitening does not:
+# the embedded store learns it again at the next index run).
+_PORTABLE_META = ("copy_threshold", "model_uri", "model_registry_version", "model_sha256", "index_run_id")
 
 
 @main.command("make-benchmark")

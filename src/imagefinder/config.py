@@ -32,6 +32,11 @@ class FetchSettingsModel(BaseModel):
 
 class StoreSettings(BaseModel):
     path: Path | None = Field(None, description="Folder of the embedded store; default `<home>/index`.")
+    uri: str | None = Field(
+        None,
+        description="A Milvus collection instead of the embedded store: milvus://host:port/collection "
+        "(milvuss:// for TLS).",
+    )
     exact_below: int = Field(
         20_000,
         ge=1,

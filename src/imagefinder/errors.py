@@ -36,6 +36,14 @@ class EncoderMismatchError(ImageFinderError):
     """An index built by one encoder was opened with another."""
 
 
+class StoreError(ImageFinderError):
+    """The vector store refused an operation (a server-side store such as Milvus)."""
+
+
+class StoreUnavailableError(StoreError):
+    """The vector store cannot be reached (a Milvus server down or unreachable); names the URI."""
+
+
 class StoreVersionError(ImageFinderError):
     """The store on disk was written by a newer, unknown schema version."""
 

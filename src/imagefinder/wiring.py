@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from imagefinder.blobs import BlobStore
@@ -20,9 +21,22 @@ def image_limits(settings: Settings) -> ImageLimits:
     return ImageLimits(max_pixels=settings.images.max_pixels, max_bytes=settings.images.max_bytes)
 
 
-def open_store(settings: Settings) -> EmbeddedStore:
+def open_store(settings: Settings) -> VectorStore:
+    """The embedded store in `store.path`, or a Milvus collection when `store.uri` names one."""
+    if settings.store.uri:
+        return open_store_at(settings.store.uri, settings)
+    return open_store_at(str(settings.store_dir), settings)
+
+
+def open_store_at(location: str, settings: Settings) -> VectorStore:
+    """A store named by a folder path or a milvus:// URI (for `--store` and `migrate`)."""
+    if location.startswith(("milvus://", "milvuss://")):
+        from imagefinder.stores.milvus import MilvusStore, parse_milvus_uri
+
+        server, collection = parse_milvus_uri(location)
+        return MilvusStore(server, collection)
     return EmbeddedStore(
-        settings.store_dir, exact_below=settings.store.exact_below, nprobe=settings.store.nprobe
+        Path(location).expanduser(), exact_below=settings.store.exact_below, nprobe=settings.store.nprobe
     )
 
 
@@ -99,8 +113,8 @@ def index_run_params(
         "encoder.runtime": getattr(service.encoder, "runtime", "onnx"),
         "encoder.setting": settings.encoder,
         "source": source,
-        "store.kind": "embedded",
-        "store.path": str(settings.store_dir),
+        "store.kind": "milvus" if settings.store.uri else "embedded",
+        "store.path": settings.store.uri or str(settings.store_dir),
         "store.exact_below": settings.store.exact_below,
         "store.nprobe": settings.store.nprobe,
         "search_dims": settings.search_dims,

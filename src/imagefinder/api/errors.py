@@ -20,6 +20,8 @@ from imagefinder.errors import (
     ImageTooLargeError,
     InvalidFilterError,
     InvalidIdError,
+    StoreError,
+    StoreUnavailableError,
     TextSearchUnsupportedError,
     UnknownIdError,
     UnsupportedImageError,
@@ -35,6 +37,8 @@ _STATUS: list[tuple[type[ImageFinderError], int, str]] = [
     (DuplicateImageError, 409, "duplicate_image"),
     (InvalidIdError, 422, "invalid_id"),
     (InvalidFilterError, 422, "invalid_filter"),
+    (StoreUnavailableError, 503, "store_unavailable"),
+    (StoreError, 502, "store_error"),
     (FetchError, 422, "fetch_failed"),
     (TextSearchUnsupportedError, 422, "text_search_unsupported"),
 ]

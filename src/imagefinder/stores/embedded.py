@@ -325,6 +325,22 @@ class EmbeddedStore:
                 yield image_id, json.loads(payload)
             last = rows[-1][0]
 
+    def items(self) -> Iterator[list[tuple[str, NDArray[np.float32], Payload]]]:
+        """Every (id, vector as the encoder made it, payload), in batches: for `migrate`."""
+        last = -1
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT key, id, vector, payload FROM images WHERE key > ? ORDER BY key LIMIT 1000",
+                    (last,),
+                ).fetchall()
+            if not rows:
+                return
+            yield [
+                (image_id, _vector(blob).copy(), json.loads(payload)) for _, image_id, blob, payload in rows
+            ]
+            last = rows[-1][0]
+
     def page(self, offset: int, limit: int) -> list[tuple[str, Payload]]:
         """(id, payload) in id order, `limit` of them from `offset`: for browsing the collection."""
         with self._lock:
