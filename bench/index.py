@@ -10,6 +10,9 @@ only opened the store (RSS after open minus RSS before). Rows:
 - `embedded`: `EmbeddedStore`, the full search path (filter lookup, IVF-SQ8 scan, exact re-score
   of the candidates from SQLite, ids and payloads). `filtered_p50_ms`: with a filter matching 10%.
 - `exact-numpy`: the same vectors scanned exactly with one matrix product (the old default).
+- `milvus`: the same vectors in `MilvusStore` on a real Milvus server (the `milvus` PyPI package,
+  standalone) at `--milvus-size` (100k): build includes waiting for Milvus's HNSW build; memory is
+  the server process's RSS growth.
 
 usage: python bench/index.py [--sizes 100000,1000000] [--out bench/results/index.json]
 """
@@ -175,7 +178,7 @@ def measure(path: Path, n: int) -> dict[str, Any]:
             "qps": round(1000 / (sum(latencies) / len(latencies)), 1),
             "filtered_p50_ms": round(percentile(filtered, 0.5), 3),
             "recall_at_10": recall,
-            "nprobe_sweep": sorted(sweep, key=lambda row: row["nprobe"]),
+            "nprobe_sweep": sorted(sweep, key=lambda row: row["nprobe"] or 0),
             "reopen_s": round(reopen_s, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         },
@@ -190,6 +193,103 @@ def measure(path: Path, n: int) -> dict[str, Any]:
             "recall_at_10": 1.0,
         },
     }
+
+
+def milvus_row(n: int) -> dict[str, Any]:
+    """The Milvus backend at n: a real Milvus server (the `milvus` PyPI package) in a temporary
+    folder, the same vectors through `MilvusStore`, measured like the embedded store."""
+    from milvus import MilvusServer
+
+    from imagefinder.encoders.base import EncoderInfo
+    from imagefinder.stores.milvus import MilvusStore
+
+    base = Path(tempfile.mkdtemp(prefix="bench-milvus-"))
+    server = MilvusServer()
+    server.set_base_dir(str(base))
+    server.start()
+    address = f"http://127.0.0.1:{server.listen_port}"
+    try:
+        pid = server.server_proc.pid
+        rss_before = process_rss(pid)
+        vectors = mixture(n, seed=1)
+        started = time.perf_counter()
+        store = MilvusStore(address, "bench")
+        store.bind_encoder(EncoderInfo("synthetic", "1", DIM, "none"))
+        for start in range(0, n, 2000):
+            stop = min(n, start + 2000)
+            ids = [f"img{i:07d}" for i in range(start, stop)]
+            payloads = [{"uri": f"/photos/{i}.jpg", "source": f"s{int(i[3:]) % 10}"} for i in ids]
+            store.upsert(ids, vectors[start:stop], payloads)
+        # Seal the segments and wait until Milvus has built HNSW on every row.
+        client = store._client  # noqa: SLF001  (benchmark-only: waiting on the server's index build)
+        client.flush("bench")
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            described = client.describe_index("bench", "vector")
+            if (
+                int(described.get("indexed_rows", 0)) >= n
+                and int(described.get("pending_index_rows", 0)) == 0
+            ):
+                break
+            time.sleep(2)
+        build_s = time.perf_counter() - started
+        store.close()
+
+        t = time.perf_counter()
+        store = MilvusStore(address, "bench")
+        count = store.count()
+        reopen_s = time.perf_counter() - t
+        assert count == n, (count, n)
+        queries = mixture(QUERIES, seed=2)
+        latencies, found = [], []
+        for query in queries:
+            t = time.perf_counter()
+            hits = store.search(query, k=10)
+            latencies.append((time.perf_counter() - t) * 1000)
+            found.append([int(h.id[3:]) for h in hits])
+        filtered = []
+        for query in queries[:100]:
+            t = time.perf_counter()
+            hits = store.search(query, k=10, where={"source": "s3"})
+            filtered.append((time.perf_counter() - t) * 1000)
+            assert len(hits) == 10 and all(h.payload["source"] == "s3" for h in hits)
+        memory = process_rss(pid) - rss_before
+        store.close()
+    finally:
+        server.stop()
+        disk = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
+        shutil.rmtree(base, ignore_errors=True)
+    import faiss
+
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(vectors)
+    _, truth = exact.search(queries, 10)
+    recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth.tolist(), strict=True)]))
+    return {
+        "store": "milvus",
+        "index": "Milvus 2.3.5 standalone, HNSW M=16 efConstruction=200, ef=64, Strong consistency",
+        "n": n,
+        "dim": DIM,
+        "queries": QUERIES,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "build_s": round(build_s, 1),
+        "bytes_per_vector": round(memory / n, 1),
+        "disk_bytes_per_vector": round(disk / n, 1),
+        "p50_ms": round(percentile(latencies, 0.5), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
+        "qps": round(1000 / (sum(latencies) / len(latencies)), 1),
+        "filtered_p50_ms": round(percentile(filtered, 0.5), 3),
+        "recall_at_10": round(recall, 4),
+        "reopen_s": round(reopen_s, 2),
+    }
+
+
+def process_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def child(step: str, path: Path, n: int, spread: str) -> dict[str, Any]:
@@ -223,6 +323,9 @@ def main() -> None:
         default="0.8,2.0",
         help="noise around the centres, one run each: 0.8 gives tight clusters, 2.0 clusters that overlap",
     )
+    parser.add_argument(
+        "--milvus-size", type=int, default=100_000, help="N for the Milvus backend row (0: leave it out)"
+    )
     parser.add_argument("--child")
     parser.add_argument("--path", type=Path)
     args = parser.parse_args()
@@ -230,7 +333,10 @@ def main() -> None:
     global SPREAD
     if args.child:
         SPREAD = float(args.spread)
-        result = build(args.path, sizes[0]) if args.child == "build" else measure(args.path, sizes[0])
+        if args.child == "milvus":
+            result = milvus_row(sizes[0])
+        else:
+            result = build(args.path, sizes[0]) if args.child == "build" else measure(args.path, sizes[0])
         print(json.dumps(result))  # noqa: T201  (read by the parent process)
         return
 
@@ -254,6 +360,18 @@ def main() -> None:
                     f"reopen {row.get('reopen_s', '-')} s  filtered p50 {row.get('filtered_p50_ms', '-')} ms"
                 )
                 print(line, flush=True)  # noqa: T201
+    if args.milvus_size:
+        for spread in args.spread.split(","):
+            row = child("milvus", Path("-"), args.milvus_size, spread)
+            row["data"] = f"mixture of {CLUSTERS} Gaussians, spread {spread}"
+            rows.append(row)
+            print(  # noqa: T201
+                f"      milvus spread {spread} n={row['n']:>8}  build {row['build_s']:>6} s  "
+                f"{row['bytes_per_vector']:>7} B/vec  p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  "
+                f"{row['qps']:>8} q/s  recall@10 {row['recall_at_10']}  reopen {row['reopen_s']} s  "
+                f"filtered p50 {row['filtered_p50_ms']} ms",
+                flush=True,
+            )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
 
