@@ -18,7 +18,10 @@ install: $(STAMP)
 # Index the offline demo photos into $(DEMO) and serve the API on 127.0.0.1:8000.
 demo-index: install
 	$(BIN)/imagefinder demo-data $(DEMO)/photos
-	$(BIN)/imagefinder --home $(DEMO) index $(DEMO)/photos
+	@# The demo index is disposable: one built by an older encoder version is rebuilt.
+	$(BIN)/imagefinder --home $(DEMO) index $(DEMO)/photos || { \
+	  echo "rebuilding the demo index from scratch"; rm -rf $(DEMO)/index; \
+	  $(BIN)/imagefinder --home $(DEMO) index $(DEMO)/photos; }
 
 run: demo-index
 	@echo "Ready: curl -F file=@$(DEMO)/photos/chelsea.png 'http://127.0.0.1:8000/search?k=3'"

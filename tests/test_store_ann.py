@@ -171,24 +171,33 @@ def test_a_second_process_follows_writes_in_approximate_mode(tmp_path: Path) -> 
     assert "img000001" not in {h.id for h in reader.search(vectors[1], k=10)}
 
 
-def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+@pytest.mark.parametrize("with_hash_column", [True, False], ids=["v1", "early-v1-without-hash"])
+def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path, with_hash_column: bool) -> None:
     db = sqlite3.connect(tmp_path / "images.sqlite")
+    images = (
+        "CREATE TABLE images (id TEXT PRIMARY KEY, hash TEXT, vector BLOB NOT NULL, payload TEXT NOT NULL);"
+        "CREATE INDEX images_hash ON images (hash);"
+        "CREATE TABLE arrays (key TEXT PRIMARY KEY, value BLOB NOT NULL);"
+        if with_hash_column
+        else "CREATE TABLE images (id TEXT PRIMARY KEY, vector BLOB NOT NULL, payload TEXT NOT NULL);"
+    )
     db.executescript(
-        """
+        images
+        + """
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-        CREATE TABLE images (id TEXT PRIMARY KEY, hash TEXT, vector BLOB NOT NULL, payload TEXT NOT NULL);
-        CREATE INDEX images_hash ON images (hash);
-        CREATE TABLE arrays (key TEXT PRIMARY KEY, value BLOB NOT NULL);
         INSERT INTO meta VALUES ('schema_version', '1'), ('encoder_name', 'test-encoder'),
             ('encoder_version', '1'), ('encoder_dim', '32'), ('encoder_preprocessing', 'none');
         """
     )
     vectors = clustered(3)
     for n, vector in enumerate(vectors):
-        db.execute(
-            "INSERT INTO images VALUES (?, ?, ?, ?)",
-            (f"old{n}", f"h{n}", vector.tobytes(), json.dumps({"uri": f"{n}.jpg", "source": "v1"})),
-        )
+        payload = json.dumps({"uri": f"{n}.jpg", "source": "v1", "hash": f"h{n}"})
+        if with_hash_column:
+            db.execute(
+                "INSERT INTO images VALUES (?, ?, ?, ?)", (f"old{n}", f"h{n}", vector.tobytes(), payload)
+            )
+        else:
+            db.execute("INSERT INTO images VALUES (?, ?, ?)", (f"old{n}", vector.tobytes(), payload))
     db.commit()
     db.close()
     store = EmbeddedStore(tmp_path)

@@ -658,9 +658,12 @@ class EmbeddedStore:
             for statement in _SCHEMA.split(";"):  # not executescript: it would commit first
                 if statement.strip():
                     self._db.execute(statement)
+            # The earliest version-1 stores had no hash column: take it from the payload then.
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(images_v1)")}
+            hash_of = "hash" if "hash" in columns else "json_extract(payload, '$.hash')"
             self._db.execute(
                 "INSERT INTO images (id, hash, vector, payload) "
-                "SELECT id, hash, vector, payload FROM images_v1 ORDER BY id"
+                f"SELECT id, {hash_of}, vector, payload FROM images_v1 ORDER BY id"
             )
             self._db.execute("DROP TABLE images_v1")
             rows = self._db.execute("SELECT key, payload FROM images").fetchall()
