@@ -192,6 +192,9 @@ def _row_problem(url: str, image_id: str) -> str | None:
     problem = id_problem(image_id)
     if problem:
         return problem
+    # Found by the property tests: a NUL in a local path made os.stat raise and stop the run.
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        return f"the url {url!r} contains control characters"
     parsed = urlparse(url)
     scheme = parsed.scheme.lower()
     if scheme in ("http", "https") and not parsed.hostname:
