@@ -57,7 +57,15 @@ def fuzz(operation: schemathesis.APIOperation, calls: dict[str, int], failures: 
     calls[label] = 0
 
     @given(operation.as_strategy())
-    @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    # derandomize: the same requests on every run, so the suite is reproducible; the first
+    # random runs found offset=2**63 on GET /images (a 500, fixed).
+    @settings(
+        max_examples=25,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     def send(case: schemathesis.Case) -> None:
         calls[label] += 1
         response = case.call()
