@@ -42,6 +42,8 @@ def test_index_search_and_migrate_between_embedded_and_milvus(
     info = json.loads(run_cli(tmp_path, "--store", target, "info", "--json").stdout)
     assert info["images"] == count and info["search"]["kind"] == "milvus"
     assert info["encoder"]["name"] == "efficientnet-lite0"
+    text = run_cli(tmp_path, "--store", target, "info").stdout
+    assert f"images:  {count}" in text and "Milvus HNSW" in text
 
     # Adding through the CLI to Milvus: an acknowledged add is visible to the next search.
     extra = tmp_path / "extra"

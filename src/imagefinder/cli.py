@@ -321,11 +321,12 @@ def info(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"images:  {details['images']}")
     click.echo(f"store:   {details['store']}")
     stats = details["search"]
-    method = (
-        "exact"
-        if stats["kind"] == "exact"
-        else f"approximate IVF{stats['nlist']},SQ8, nprobe {stats['nprobe']}"
-    )
+    if stats["kind"] == "exact":
+        method = "exact"
+    elif stats["kind"] == "ivf":
+        method = f"approximate IVF{stats['nlist']},SQ8, nprobe {stats['nprobe']}"
+    else:
+        method = f"Milvus {stats['index']} at {stats['server']}/{stats['collection']}, {stats['consistency']}"
     click.echo(f"search:  {method}, {stats['dim']}-d")
     click.echo(f"copy threshold: {details['copy_threshold']} (scores at or above it are marked as copies)")
     if encoder is None:
