@@ -29,11 +29,9 @@ from PIL import Image
 from imagefinder.demo import write_demo_collection
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from search_latency import percentile  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from tests.live import serving  # noqa: E402
+from tests.live import percentile, serving  # noqa: E402
 
 
 def run_clients(base: str, queries: list[bytes], clients: int, seconds: float) -> dict[str, float]:

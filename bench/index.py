@@ -34,6 +34,10 @@ from typing import Any
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.live import percentile  # noqa: E402  (the same helper the tests use)
+
 DIM = 256
 CLUSTERS = 1000
 QUERIES = 500
@@ -62,9 +66,43 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def fill(store: Any, vectors: np.ndarray) -> None:
+    """Upsert the vectors in batches of 2,000 with payloads, as `imagefinder index` writes."""
+    for start in range(0, len(vectors), 2000):
+        stop = min(len(vectors), start + 2000)
+        ids = [f"img{i:07d}" for i in range(start, stop)]
+        payloads = [{"uri": f"/photos/{i}.jpg", "source": f"s{int(i[3:]) % 10}"} for i in ids]
+        store.upsert(ids, vectors[start:stop], payloads)
+
+
+def timed_searches(
+    store: Any, queries: np.ndarray, where: dict[str, str] | None = None
+) -> tuple[list[float], list[list[int]]]:
+    """Per-query latency (ms) of k=10 searches, and the row numbers each found."""
+    latencies, found = [], []
+    for query in queries:
+        t = time.perf_counter()
+        hits = store.search(query, k=10, where=where)
+        latencies.append((time.perf_counter() - t) * 1000)
+        if where:
+            assert len(hits) == 10 and all(h.payload["source"] == where["source"] for h in hits)
+        found.append([int(h.id[3:]) for h in hits])
+    return latencies, found
+
+
+def exact_top10(vectors: np.ndarray, queries: np.ndarray) -> list[list[int]]:
+    """Ground truth: the 10 nearest rows of each query by an exact scan."""
+    import faiss
+
+    exact = faiss.IndexFlatIP(DIM)
+    exact.add(vectors)
+    _, truth = exact.search(queries, 10)
+    return [list(row) for row in truth.tolist()]
+
+
+def recall_at_10(found: list[list[int]], truth: list[list[int]]) -> float:
+    pairs = zip(found, truth, strict=False)
+    return round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in pairs])), 4)
 
 
 def build(path: Path, n: int) -> dict[str, Any]:
@@ -75,11 +113,7 @@ def build(path: Path, n: int) -> dict[str, Any]:
     started = time.perf_counter()
     store = EmbeddedStore(path)
     store.bind_encoder(EncoderInfo("synthetic", "1", DIM, "none"))
-    for start in range(0, n, 2000):
-        stop = min(n, start + 2000)
-        ids = [f"img{i:07d}" for i in range(start, stop)]
-        payloads = [{"uri": f"/photos/{i}.jpg", "source": f"s{int(i[3:]) % 10}"} for i in ids]
-        store.upsert(ids, vectors[start:stop], payloads)
+    fill(store, vectors)
     store.optimise()
     build_s = time.perf_counter() - started
     store.close()
@@ -87,7 +121,6 @@ def build(path: Path, n: int) -> dict[str, Any]:
 
 
 def measure(path: Path, n: int) -> dict[str, Any]:
-    import faiss
 
     from imagefinder.stores.embedded import EmbeddedStore
 
@@ -101,43 +134,21 @@ def measure(path: Path, n: int) -> dict[str, Any]:
     stats = store.index_stats()
 
     queries = mixture(QUERIES, seed=2)
-    latencies, found = [], []
-    for query in queries:
-        t = time.perf_counter()
-        hits = store.search(query, k=10)
-        latencies.append((time.perf_counter() - t) * 1000)
-        found.append([int(h.id[3:]) for h in hits])
-    filtered = []
-    for query in queries[:200]:
-        t = time.perf_counter()
-        hits = store.search(query, k=10, where={"source": "s3"})
-        filtered.append((time.perf_counter() - t) * 1000)
-        assert len(hits) == 10 and all(h.payload["source"] == "s3" for h in hits)
+    latencies, found = timed_searches(store, queries)
+    filtered, _ = timed_searches(store, queries[:200], where={"source": "s3"})
     store.close()
     # Recall is a setting: the same index reopened with other nprobe values.
     sweep_found: dict[int, list[list[int]]] = {}
     sweep_latency: dict[int, list[float]] = {}
     for nprobe in (8, 16, 64, 128):
         swept = EmbeddedStore(path, nprobe=nprobe)
-        sweep_found[nprobe], sweep_latency[nprobe] = [], []
-        for query in queries[:200]:
-            t = time.perf_counter()
-            hits = swept.search(query, k=10)
-            sweep_latency[nprobe].append((time.perf_counter() - t) * 1000)
-            sweep_found[nprobe].append([int(h.id[3:]) for h in hits])
+        sweep_latency[nprobe], sweep_found[nprobe] = timed_searches(swept, queries[:200])
         swept.close()
 
     # Ground truth and the exact-scan baseline on the same vectors.
     vectors = mixture(n, seed=1)
-    exact = faiss.IndexFlatIP(DIM)
-    exact.add(vectors)
-    _, truth = exact.search(queries, 10)
-
-    def recall_of(results: list[list[int]]) -> float:
-        pairs = zip(results, truth.tolist(), strict=False)
-        return round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in pairs])), 4)
-
-    recall = recall_of(found)
+    truth = exact_top10(vectors, queries)
+    recall = recall_at_10(found, truth)
     sweep = [
         {
             "nprobe": stats.get("nprobe"),
@@ -149,7 +160,7 @@ def measure(path: Path, n: int) -> dict[str, Any]:
         {
             "nprobe": p,
             "p50_ms": round(percentile(sweep_latency[p], 0.5), 3),
-            "recall_at_10": recall_of(sweep_found[p]),
+            "recall_at_10": recall_at_10(sweep_found[p], truth),
         }
         for p in sweep_found
     ]
@@ -215,11 +226,7 @@ def milvus_row(n: int) -> dict[str, Any]:
         started = time.perf_counter()
         store = MilvusStore(address, "bench")
         store.bind_encoder(EncoderInfo("synthetic", "1", DIM, "none"))
-        for start in range(0, n, 2000):
-            stop = min(n, start + 2000)
-            ids = [f"img{i:07d}" for i in range(start, stop)]
-            payloads = [{"uri": f"/photos/{i}.jpg", "source": f"s{int(i[3:]) % 10}"} for i in ids]
-            store.upsert(ids, vectors[start:stop], payloads)
+        fill(store, vectors)
         # Seal the segments and wait until Milvus has built HNSW on every row.
         client = store._client  # noqa: SLF001  (benchmark-only: waiting on the server's index build)
         client.flush("bench")
@@ -241,30 +248,15 @@ def milvus_row(n: int) -> dict[str, Any]:
         reopen_s = time.perf_counter() - t
         assert count == n, (count, n)
         queries = mixture(QUERIES, seed=2)
-        latencies, found = [], []
-        for query in queries:
-            t = time.perf_counter()
-            hits = store.search(query, k=10)
-            latencies.append((time.perf_counter() - t) * 1000)
-            found.append([int(h.id[3:]) for h in hits])
-        filtered = []
-        for query in queries[:100]:
-            t = time.perf_counter()
-            hits = store.search(query, k=10, where={"source": "s3"})
-            filtered.append((time.perf_counter() - t) * 1000)
-            assert len(hits) == 10 and all(h.payload["source"] == "s3" for h in hits)
+        latencies, found = timed_searches(store, queries)
+        filtered, _ = timed_searches(store, queries[:100], where={"source": "s3"})
         memory = process_rss(pid) - rss_before
         store.close()
     finally:
         server.stop()
         disk = sum(f.stat().st_size for f in base.rglob("*") if f.is_file())
         shutil.rmtree(base, ignore_errors=True)
-    import faiss
-
-    exact = faiss.IndexFlatIP(DIM)
-    exact.add(vectors)
-    _, truth = exact.search(queries, 10)
-    recall = float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth.tolist(), strict=True)]))
+    recall = recall_at_10(found, exact_top10(vectors, queries))
     return {
         "store": "milvus",
         "index": "Milvus 2.3.5 standalone, HNSW M=16 efConstruction=200, ef=64, Strong consistency",
@@ -279,7 +271,7 @@ def milvus_row(n: int) -> dict[str, Any]:
         "p99_ms": round(percentile(latencies, 0.99), 3),
         "qps": round(1000 / (sum(latencies) / len(latencies)), 1),
         "filtered_p50_ms": round(percentile(filtered, 0.5), 3),
-        "recall_at_10": round(recall, 4),
+        "recall_at_10": recall,
         "reopen_s": round(reopen_s, 2),
     }
 

@@ -29,12 +29,7 @@ from imagefinder.demo import write_demo_collection
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.live import serving  # noqa: E402  (the same server helper the tests use)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+from tests.live import percentile, serving  # noqa: E402  (the same helpers the tests use)
 
 
 def main() -> None:

@@ -37,8 +37,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from search_latency import percentile  # noqa: E402
+from tests.live import percentile  # noqa: E402
 
 BATCH = 32
 

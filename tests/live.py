@@ -16,6 +16,12 @@ from pathlib import Path
 import httpx
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile of latencies (nearest rank), for the tests and benchmarks that report them."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.factories import encode, gradient
-from tests.live import live_server
+from tests.live import live_server, percentile
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -101,7 +101,7 @@ def mixed_load(server: str, photos: Path, duration_s: float, report: str) -> Non
         "requests": counts,
         "errors": len(errors),
         "latency_ms": {
-            kind: {"p50": round(_percentile(values, 0.5), 1), "p99": round(_percentile(values, 0.99), 1)}
+            kind: {"p50": round(percentile(values, 0.5), 1), "p99": round(percentile(values, 0.99), 1)}
             for kind, values in latency_ms.items()
             if values
         },
@@ -114,8 +114,3 @@ def mixed_load(server: str, photos: Path, duration_s: float, report: str) -> Non
         for image_id, data in acknowledged.items():
             top = client.post("/search", params={"k": 1}, files={"file": ("q", data)}).json()["results"][0]
             assert top["id"] == image_id
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

@@ -235,12 +235,13 @@ def search(
 
     if (image is None) == (text is None):
         raise click.UsageError("give an IMAGE or --text, not both")
-    fields: dict[str, str] = {}
-    for condition in where:
-        name, equals, value = condition.partition("=")
-        if not equals or not name:
-            raise click.UsageError(f"--where {condition!r}: expected FIELD=VALUE")
-        fields[name] = value
+    from imagefinder.errors import InvalidFilterError
+    from imagefinder.stores.base import parse_where
+
+    try:
+        fields = parse_where(where)
+    except InvalidFilterError as exc:
+        raise click.UsageError(f"--{exc}") from None
     service = build_service(_settings(ctx))
     try:
         if text is not None:
@@ -289,6 +290,7 @@ def remove(ctx: click.Context, ids: tuple[str, ...]) -> None:
 def info(ctx: click.Context, as_json: bool) -> None:
     """Show the index: image count, the encoder that built it, where it is stored."""
     from imagefinder.calibration import DEFAULT_THRESHOLD
+    from imagefinder.service import recorded_provenance
     from imagefinder.wiring import open_store
 
     settings = _settings(ctx)
@@ -299,10 +301,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
             "images": store.count(),
             "store": str(store.path),
             "search": store.index_stats(),
-            "mlflow": {
-                key: store.get_meta(key)
-                for key in ("model_uri", "model_registry_version", "model_sha256", "index_run_id")
-            },
+            "mlflow": recorded_provenance(store),
             "copy_threshold": float(store.get_meta("copy_threshold") or DEFAULT_THRESHOLD),
             "encoder": None
             if encoder is None
@@ -576,6 +575,7 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
     """Copy an index between stores (embedded <-> Milvus) without re-embedding any image."""
     import numpy as np
 
+    from imagefinder.service import PROVENANCE_KEYS
     from imagefinder.wiring import open_store_at
 
     settings = _settings(ctx)
@@ -592,7 +592,9 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
                 ids, vectors, payloads = zip(*batch, strict=True)
                 destination.upsert(list(ids), np.stack(vectors), list(payloads))
                 copied += len(batch)
-            for key in _PORTABLE_META:
+            # What the index records about itself that stays true in another store (not the
+            # whitening: the embedded store learns it again at the next index run).
+            for key in ("copy_threshold", *PROVENANCE_KEYS):
                 value = origin.get_meta(key)
                 if value is not None:
                     destination.set_meta(key, value)
@@ -603,11 +605,6 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
     finally:
         origin.close()
     click.echo(f"copied {copied} images from {source} to {target}; it holds {total} images")
-
-
-# What an index records about itself that stays true in another store (the whitening does not:
-# the embedded store learns it again at the next index run).
-_PORTABLE_META = ("copy_threshold", "model_uri", "model_registry_version", "model_sha256", "index_run_id")
 
 
 @main.command("make-benchmark")

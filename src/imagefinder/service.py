@@ -118,8 +118,7 @@ class ImageFinder:
 
     def provenance(self) -> dict[str, str | None]:
         """Which registered model version built this index, and the MLflow run that built it."""
-        keys = ("model_uri", "model_registry_version", "model_sha256", "index_run_id")
-        recorded: dict[str, str | None] = {key: self.store.get_meta(key) for key in keys}
+        recorded = recorded_provenance(self.store)
         served = getattr(self.encoder, "registered", None)
         recorded["served_model_uri"] = served.uri if served is not None else None
         return recorded
@@ -380,6 +379,14 @@ class ImageFinder:
         if self._fetcher is None:
             raise ImageFinderError("this service fetches no URLs")
         return self._fetcher.fetch(url)
+
+
+# What an index records about the model and the MLflow run that built it (see record_provenance).
+PROVENANCE_KEYS = ("model_uri", "model_registry_version", "model_sha256", "index_run_id")
+
+
+def recorded_provenance(store: VectorStore) -> dict[str, str | None]:
+    return {key: store.get_meta(key) for key in PROVENANCE_KEYS}
 
 
 def validate_id(image_id: str) -> None:

@@ -23,6 +23,7 @@ from imagefinder.api.schemas import (
 )
 from imagefinder.errors import ImageFinderError
 from imagefinder.service import ImageFinder, SearchResult
+from imagefinder.stores.base import parse_where
 
 router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
@@ -73,7 +74,7 @@ async def search(
     where: Annotated[list[str] | None, Query(description=_WHERE_HELP)] = None,
 ) -> SearchResponse:
     k = _check_k(k, settings.default_k, settings.max_k)
-    fields = _parse_where(where)
+    fields = parse_where(where or [])
     started = time.perf_counter()
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
@@ -128,7 +129,7 @@ async def search_batch(
 ) -> BatchResponse:
     """Each image gets its own results or its own error; one bad image does not fail the rest."""
     k = _check_k(k, settings.default_k, settings.max_k)
-    fields = _parse_where(where)
+    fields = parse_where(where or [])
     if len(files) > settings.max_batch_files:
         raise ApiError(422, "invalid_request", f"at most {settings.max_batch_files} files per batch")
     started = time.perf_counter()
@@ -165,19 +166,6 @@ async def _search_bytes(
     prepared = await run_in_threadpool(service.prepare, data, source)
     vector = await embed_prepared(request, service, prepared)
     return await run_in_threadpool(service.search_vector, vector, k, min_score, None, fields)
-
-
-def _parse_where(where: list[str] | None) -> dict[str, str] | None:
-    """["source=holidays", "year=2020"] -> {"source": "holidays", "year": "2020"}."""
-    if not where:
-        return None
-    fields: dict[str, str] = {}
-    for condition in where:
-        name, equals, value = condition.partition("=")
-        if not equals or not name:
-            raise ApiError(422, "invalid_filter", f"where={condition!r}: expected field=value")
-        fields[name] = value
-    return fields
 
 
 def _check_k(k: int | None, default: int, largest: int) -> int:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.encoders.base import EncoderInfo
+from imagefinder.errors import EncoderMismatchError, InvalidFilterError
 
 Payload = Mapping[str, Any]
 # Payload field -> required value, e.g. {"source": "holidays"}: every field must match.
@@ -88,3 +89,50 @@ class VectorStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# -- shared by every store ---------------------------------------------------------------------
+
+
+def same_encoder(current: EncoderInfo | None, info: EncoderInfo) -> bool:
+    """Whether `info` makes vectors comparable with those of `current` (name, version, dim)."""
+    return current is not None and (current.name, current.version, current.dim) == (
+        info.name,
+        info.version,
+        info.dim,
+    )
+
+
+def refuse_other_encoder(current: EncoderInfo, info: EncoderInfo, where: str, instead: str) -> NoReturn:
+    raise EncoderMismatchError(
+        f"the index at {where} was built with encoder {current.name} v{current.version} "
+        f"({current.dim}-d) and cannot be searched or extended with {info.name} v{info.version} "
+        f"({info.dim}-d); use {instead} or rebuild the index"
+    )
+
+
+def checked_upsert(
+    encoder: EncoderInfo | None, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[Payload]
+) -> NDArray[np.float32]:
+    """The checks every store's upsert makes; the vectors as contiguous float32."""
+    if not (len(ids) == len(vectors) == len(payloads)):
+        raise ValueError("ids, vectors and payloads differ in length")
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate ids in one upsert")
+    if encoder is None:
+        raise RuntimeError("bind_encoder must be called before the first upsert")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(ids) and vectors.shape[1] != encoder.dim:
+        raise ValueError(f"vectors are {vectors.shape[1]}-d, the index is {encoder.dim}-d")
+    return vectors
+
+
+def parse_where(conditions: Sequence[str]) -> dict[str, str]:
+    """["source=holidays", "year=2020"] (CLI --where, API where=) -> {"source": "holidays", ...}."""
+    fields: dict[str, str] = {}
+    for condition in conditions:
+        name, equals, value = condition.partition("=")
+        if not equals or not name:
+            raise InvalidFilterError(f"where={condition!r}: expected field=value")
+        fields[name] = value
+    return fields

@@ -33,9 +33,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.encoders.base import EncoderInfo
-from imagefinder.errors import EncoderMismatchError, InvalidFilterError, StoreVersionError
+from imagefinder.errors import InvalidFilterError, StoreVersionError
 from imagefinder.stores.ann import ExactIndex, IvfIndex, VectorIndex, nlist_for, training_size
-from imagefinder.stores.base import Filter, Hit, Payload
+from imagefinder.stores.base import (
+    Filter,
+    Hit,
+    Payload,
+    checked_upsert,
+    refuse_other_encoder,
+    same_encoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +131,10 @@ class EmbeddedStore:
         with self._lock:
             self._catch_up()
             current = self._encoder
-            if current is not None and (current.name, current.version, current.dim) == (
-                info.name,
-                info.version,
-                info.dim,
-            ):
+            if same_encoder(current, info):
                 return
             if current is not None and self.count() > 0:
-                raise EncoderMismatchError(
-                    f"the index at {self.directory} was built with encoder {current.name} "
-                    f"v{current.version} ({current.dim}-d) and cannot be searched or extended "
-                    f"with {info.name} v{info.version} ({info.dim}-d); use another store path "
-                    "or rebuild the index"
-                )
+                refuse_other_encoder(current, info, str(self.directory), "another store path")
             generation = uuid.uuid4().hex
             with self._transaction():
                 for key, value in (
@@ -154,15 +152,7 @@ class EmbeddedStore:
     # -- writes ----------------------------------------------------------------------------
 
     def upsert(self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[Payload]) -> None:
-        if not (len(ids) == len(vectors) == len(payloads)):
-            raise ValueError("ids, vectors and payloads differ in length")
-        if len(set(ids)) != len(ids):
-            raise ValueError("duplicate ids in one upsert")
-        if self._encoder is None:
-            raise RuntimeError("bind_encoder must be called before the first upsert")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if len(ids) and vectors.shape[1] != self._encoder.dim:
-            raise ValueError(f"vectors are {vectors.shape[1]}-d, the index is {self._encoder.dim}-d")
+        vectors = checked_upsert(self._encoder, ids, vectors, payloads)
         if not ids:
             return
         with self._lock:

@@ -36,13 +36,19 @@ from numpy.typing import NDArray
 
 from imagefinder.encoders.base import EncoderInfo
 from imagefinder.errors import (
-    EncoderMismatchError,
     InvalidFilterError,
     StoreError,
     StoreUnavailableError,
     StoreVersionError,
 )
-from imagefinder.stores.base import Filter, Hit, Payload
+from imagefinder.stores.base import (
+    Filter,
+    Hit,
+    Payload,
+    checked_upsert,
+    refuse_other_encoder,
+    same_encoder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +116,10 @@ class MilvusStore:
 
     def bind_encoder(self, info: EncoderInfo) -> None:
         current = self._encoder
-        if current is not None and (current.name, current.version, current.dim) == (
-            info.name,
-            info.version,
-            info.dim,
-        ):
+        if same_encoder(current, info):
             return
         if current is not None and self.count() > 0:
-            raise EncoderMismatchError(
-                f"the index at {self.path} was built with encoder {current.name} v{current.version} "
-                f"({current.dim}-d) and cannot be searched or extended with {info.name} v{info.version} "
-                f"({info.dim}-d); use another collection or rebuild the index"
-            )
+            refuse_other_encoder(current, info, self.path, "another collection")
         if self._call(self._client.has_collection, self.collection):
             self._call(self._client.drop_collection, self.collection)
         self._ensure_collection(info.dim)
@@ -137,15 +135,7 @@ class MilvusStore:
     # -- writes ----------------------------------------------------------------------------
 
     def upsert(self, ids: Sequence[str], vectors: NDArray[np.float32], payloads: Sequence[Payload]) -> None:
-        if not (len(ids) == len(vectors) == len(payloads)):
-            raise ValueError("ids, vectors and payloads differ in length")
-        if len(set(ids)) != len(ids):
-            raise ValueError("duplicate ids in one upsert")
-        if self._encoder is None:
-            raise RuntimeError("bind_encoder must be called before the first upsert")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if len(ids) and vectors.shape[1] != self._encoder.dim:
-            raise ValueError(f"vectors are {vectors.shape[1]}-d, the index is {self._encoder.dim}-d")
+        vectors = checked_upsert(self._encoder, ids, vectors, payloads)
         rows = [
             {
                 "id": image_id,
