@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.blobs import BlobStore
-from imagefinder.encoders.base import Encoder
+from imagefinder.encoders.base import Encoder, EncoderInfo
 from imagefinder.errors import (
     CorruptImageError,
     FetchError,
@@ -38,6 +38,23 @@ from imagefinder.sources import SkippedRow, SourceEntry, SourceItem
 from imagefinder.stores.base import Payload, VectorStore
 
 STAGES = ("read", "decode", "embed", "write")
+
+
+def image_payload(
+    info: EncoderInfo, digest: str, size: int, dimensions: tuple[int, int], added_at: str, **fields: Any
+) -> dict[str, Any]:
+    """What the store keeps with every image, however it was added (index run or API)."""
+    width, height = dimensions
+    return {
+        **fields,
+        "hash": digest,
+        "bytes": size,
+        "width": width,
+        "height": height,
+        "added_at": added_at,
+        "model": info.name,
+        "model_version": info.version,
+    }
 
 
 @dataclass
@@ -302,24 +319,11 @@ class Indexer:
         info = self._encoder.info
         payloads = []
         for p in batch:
-            payload: dict[str, Any] = {
-                "uri": p.item.uri,
-                "hash": p.hash,
-                "bytes": p.size,
-                "width": p.width,
-                "height": p.height,
-                "added_at": now,
-                "model": info.name,
-                "model_version": info.version,
-            }
-            if p.item.collection is not None:
-                payload["collection"] = p.item.collection
+            payload = image_payload(info, p.hash, p.size, (p.width, p.height), now, uri=p.item.uri)
+            optional = {"collection": p.item.collection, "stamp": p.item.stamp, "file": p.kept}
+            payload.update({key: value for key, value in optional.items() if value is not None})
             if p.item.meta:
                 payload["meta"] = dict(p.item.meta)
-            if p.item.stamp is not None:
-                payload["stamp"] = p.item.stamp
-            if p.kept is not None:
-                payload["file"] = p.kept
             payloads.append(payload)
         ids = [p.item.id for p in batch]
         self._store.upsert(ids, vectors, payloads)

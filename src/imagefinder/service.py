@@ -33,7 +33,7 @@ from imagefinder.errors import (
 from imagefinder.fetch import HttpFetcher
 from imagefinder.ids import id_problem
 from imagefinder.images import ImageLimits, content_hash, decode_image
-from imagefinder.indexer import Indexer, IndexReport
+from imagefinder.indexer import Indexer, IndexReport, image_payload
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Filter, Hit, Payload, VectorStore
 from imagefinder.tracking import ModelRecord
@@ -203,16 +203,8 @@ class ImageFinder:
         validate_id(image_id)
         image = decode_image(data, self.limits, uri or image_id, self.encoder.min_short_side)
         vector = self.encoder.embed_arrays(self.encoder.preprocess(image)[np.newaxis])
-        payload: dict[str, Any] = {
-            "collection": "api",
-            "hash": digest,
-            "bytes": len(data),
-            "width": image.width,
-            "height": image.height,
-            "added_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "model": self.model.name,
-            "model_version": self.model.version,
-        }
+        added_at = datetime.now(UTC).isoformat(timespec="seconds")
+        payload = image_payload(self.model, digest, len(data), image.size, added_at, collection="api")
         if meta:
             payload["meta"] = dict(meta)
         # Check and write under one lock: two concurrent adds of the same bytes must not both win.
