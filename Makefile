@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser bench test test-slow lint bench-quality bench-ingest bench-api bench-hf bench-search bench-index clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-ingest bench-api bench-hf bench-search bench-index clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,20 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# pip-audit lives in its own environment: its dependencies are not the service's.
+AUDIT_STAMP := .venv-audit/.installed
+$(AUDIT_STAMP):
+	$(PYTHON) -m venv .venv-audit
+	.venv-audit/bin/pip install --quiet --disable-pip-version-check pip-audit==2.10.1
+	touch $(AUDIT_STAMP)
+
+audit-tools: $(AUDIT_STAMP)
+
+# Every pin of requirements.lock against OSV; fails on a finding not triaged in audit-ignore.txt,
+# and says AUDIT NOT RUN where the service cannot be reached (see tools/audit.py).
+audit: install audit-tools
+	$(BIN)/python tools/audit.py --out test-artifacts/audit.json
 
 # Index the offline demo photos into $(DEMO) and serve the API on 127.0.0.1:8000.
 demo-index: install
@@ -34,15 +48,15 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: install browser
-	$(BIN)/ruff check src tests bench
+test: install browser audit-tools
+	$(BIN)/ruff check src tests bench tools
 	IMAGEFINDER_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 lint: install
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench tools
 
 # Dev benchmark (../shared/benchmarks): recall@1 etc. of the default encoder -> bench/results/.
 bench-quality: install
@@ -74,4 +88,4 @@ bench-search: install
 	$(BIN)/python bench/search_latency.py --out bench/results/search_latency.json
 
 clean:
-	rm -rf $(VENV) $(DEMO) .pytest_cache
+	rm -rf $(VENV) .venv-audit $(DEMO) .pytest_cache
