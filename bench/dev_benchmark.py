@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from imagefinder.config import Settings
 from imagefinder.evaluation.runner import read_ground_truth
@@ -30,6 +31,21 @@ from imagefinder.wiring import build_configured_encoder, service_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
+class CountingEncoder:
+    """The configured encoder, counting the images it embeds (encoder runs per query)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.images = 0
+
+    def embed_arrays(self, batch: Any) -> Any:
+        self.images += len(batch)
+        return self._inner.embed_arrays(batch)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> dict[str, object]:
     limits = service.limits
     report = service.index(FolderSource(task_dir / "collection", limits.max_bytes))
@@ -37,6 +53,7 @@ def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> 
     k = service.count()
     results_csv = work / f"{task_dir.name}_results.csv"
     latencies = []
+    runs_before = service.encoder.images  # type: ignore[attr-defined]
     truth = read_ground_truth(task_dir / "ground_truth.csv")
     flagged = flagged_right = 0
     with open(results_csv, "w", newline="") as handle:
@@ -71,6 +88,9 @@ def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> 
     return {
         "index": {key: value for key, value in report.to_dict().items() if key != "problems"},
         "query_ms_median": round(statistics.median(latencies), 2),
+        "query_ms_mean": round(statistics.mean(latencies), 2),
+        "query_ms_p90": round(sorted(latencies)[int(0.9 * len(latencies))], 2),
+        "encoder_runs_per_query": round((service.encoder.images - runs_before) / len(queries), 3),  # type: ignore[attr-defined]
         "copy_signal": {
             "threshold": round(service.copy_threshold, 4),
             "precision": round(flagged_right / max(1, flagged), 4),
@@ -85,23 +105,23 @@ def main() -> None:
     parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dev_benchmark.json")
     parser.add_argument(
-        "--rotated-queries", action="store_true", help="Also search with mirrored and turned query views."
+        "--query-views", choices=["single", "adaptive"], help="Override IMAGEFINDER_QUERY_VIEWS."
     )
     args = parser.parse_args()
     if not (args.benchmarks / "score.py").is_file():
         sys.exit(f"no development benchmark at {args.benchmarks} (it lives in ../shared/benchmarks)")
     settings = Settings()
-    if args.rotated_queries:
-        settings = settings.model_copy(update={"rotated_queries": True})
+    if args.query_views:
+        settings = settings.model_copy(update={"query_views": args.query_views})
 
-    encoder = build_configured_encoder(settings)
+    encoder = CountingEncoder(build_configured_encoder(settings))
     output: dict[str, object] = {
         "encoder": {
             "name": encoder.info.name,
             "version": encoder.info.version,
             "preprocessing": encoder.info.preprocessing,
         },
-        "rotated_queries": settings.rotated_queries,
+        "query_views": settings.query_views,
         "machine": {
             "python": platform.python_version(),
             "processor": platform.machine(),
@@ -119,6 +139,10 @@ def main() -> None:
     nd = output["near_duplicate"]["scores"]["overall"]  # type: ignore[index]
     sc = output["same_class"]["scores"]["overall"]  # type: ignore[index]
     print(f"near_duplicate: recall@1 {nd['recall@1']}  mAP {nd['mAP']}  uAP {nd.get('uAP')}")  # noqa: T201
+    for task in ("near_duplicate", "same_class"):
+        keys = ("encoder_runs_per_query", "query_ms_median", "query_ms_mean")
+        cost = {key: output[task][key] for key in keys}  # type: ignore[index]
+        print(f"{task} query cost: {cost}")  # noqa: T201
     print(f"copy signal:    {output['near_duplicate']['copy_signal']}")  # type: ignore[index]  # noqa: T201
     print(f"same_class:     mAP {sc['mAP']}  precision@10 {sc['precision@10']}")  # noqa: T201
     print(f"written to {args.out}")  # noqa: T201

@@ -96,7 +96,7 @@ def test_index_and_search_with_a_hub_model(
         build_encoder(f"hf:{tiny['dinov2']}", cache),
         EmbeddedStore(tmp_path),
         ImageLimits(),
-        rotated_queries=False,
+        query_views="single",
     )
     assert service.index(FolderSource(photos, 10**8)).indexed == len(list(photos.iterdir()))
     for path in sorted(photos.iterdir())[:6]:

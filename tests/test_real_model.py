@@ -67,16 +67,35 @@ def test_edited_copy_finds_its_original_first(
     assert misses == []
 
 
-def test_rotated_queries_find_a_mirrored_and_turned_copy(
+def test_adaptive_views_find_turned_and_pasted_copies(
     tmp_path: Path, real_encoder: OnnxEncoder, photos: Path
 ) -> None:
-    service = ImageFinder(real_encoder, EmbeddedStore(tmp_path / "index"), LIMITS, rotated_queries=True)
-    service.index(FolderSource(photos, LIMITS.max_bytes))
-    found = 0
-    for path in sorted(photos.iterdir()):
-        turned = Image.open(path).convert("RGB").transpose(Image.Transpose.TRANSPOSE)  # mirror + 90 degrees
-        buffer = io.BytesIO()
-        turned.save(buffer, "JPEG", quality=85)
-        top = service.search_bytes(buffer.getvalue(), k=1)[0]
-        found += top.id == path.name
-    assert found == len(list(photos.iterdir()))
+    """A photo mirrored and turned 90 degrees, and the photo shrunk into a corner of a bigger
+    noisy picture: the plain query misses most; the second pass finds them and flags the copy."""
+    services = {
+        mode: ImageFinder(real_encoder, EmbeddedStore(tmp_path / mode), LIMITS, query_views=mode)
+        for mode in ("single", "adaptive")
+    }
+    for service in services.values():
+        service.index(FolderSource(photos, LIMITS.max_bytes))
+    rng = np.random.default_rng(3)
+    found: dict[str, int] = {"single": 0, "adaptive": 0}
+    flagged = 0
+    paths = sorted(photos.iterdir())
+    for number, path in enumerate(paths):
+        photo = Image.open(path).convert("RGB")
+        turned = photo.transpose(Image.Transpose.TRANSPOSE)
+        noise = rng.integers(0, 255, (photo.height * 2, photo.width * 2, 3), dtype=np.uint8)
+        pasted = Image.fromarray(noise)
+        corner = ((number % 2) * photo.width, (number // 2 % 2) * photo.height)  # a different corner each
+        pasted.paste(photo, corner)
+        for copy in (turned, pasted):
+            buffer = io.BytesIO()
+            copy.save(buffer, "JPEG", quality=85)
+            for mode, service in services.items():
+                top = service.search_bytes(buffer.getvalue(), k=1)[0]
+                found[mode] += top.id == path.name
+                flagged += mode == "adaptive" and top.id == path.name and top.is_copy
+    assert found["adaptive"] == 2 * len(paths), found
+    assert found["single"] < found["adaptive"], found
+    assert flagged >= 0.9 * 2 * len(paths)

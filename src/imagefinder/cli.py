@@ -530,7 +530,7 @@ def _track_evaluation(
                 "encoder.setting": settings.encoder,
                 "whitening": settings.whitening,
                 "search_dims": settings.search_dims,
-                "rotated_queries": settings.rotated_queries,
+                "query_views": settings.query_views,
                 "use_index": use_index,
                 **{name: str(path) for name, path in inputs.items() if path is not None},
             }

@@ -7,7 +7,7 @@ Every field has a description: `tests/test_config.py` checks that the README doc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -121,10 +121,12 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=64, description="Threads decoding and preprocessing images while indexing."
     )
-    rotated_queries: bool = Field(
-        False,
-        description="Also search with the query mirrored and turned 90 degrees (finds rotated "
-        "copies; three encoder runs per query instead of one).",
+    query_views: Literal["single", "adaptive"] = Field(
+        "adaptive",
+        description="adaptive: when a query finds no copy, search again with 7 more views of it "
+        "(mirrored and turned, four corners and the centre), which finds copies pasted into other "
+        "pictures, screenshots and rotated copies; 8 encoder runs for such queries instead of 1. "
+        "single: one encoder run per query.",
     )
     whitening: float = Field(
         0.25,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 import numpy as np
@@ -37,14 +37,9 @@ from imagefinder.indexer import Indexer, IndexReport, image_payload
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Filter, Hit, Payload, VectorStore
 from imagefinder.tracking import ModelRecord
+from imagefinder.views import extra_views
 from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, fit_whitening
 
-# With `rotated_queries`, a query is also searched transposed and transversed (mirrored and turned
-# 90 degrees either way), which finds copies that were rotated or mirrored; those views score 0.1
-# lower, so that they win only clearly. Measured on the dev benchmark: mirror_rot90 recall@1
-# 0.75 -> 0.98 and overall 0.868 -> 0.889, but three encoder runs per query instead of one
-# (POST /search p50 about 20 -> 50 ms on 2 cores), so it is off unless asked for.
-VIEW_PENALTIES = np.array([0.0, 0.1, 0.1], dtype=np.float32)
 THUMBNAIL_SIDE = 256
 # Up to this size the whitening is learned again after every index run (seconds at most);
 # beyond it, only when the collection has grown or shrunk by a quarter since the last fit, since
@@ -52,6 +47,18 @@ THUMBNAIL_SIDE = 256
 # threshold use a random sample of this many vectors.
 REFIT_ALWAYS_UP_TO = 50_000
 FIT_SAMPLE = 50_000
+
+# "single": one encoder run per query. "adaptive": a second pass with extra views when the first
+# finds no copy (see imagefinder.views).
+QueryViews = Literal["single", "adaptive"]
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A decoded query image and its model input (1, 3, h, w) for the first search pass."""
+
+    image: Image.Image
+    pixels: NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class ImageFinder:
         fetch_workers: int = 8,
         fetcher: HttpFetcher | None = None,
         blobs: BlobStore | None = None,
-        rotated_queries: bool = False,
+        query_views: QueryViews = "adaptive",
         thumbnails: Path | None = None,
         whitening: float = DEFAULT_POWER,
         search_dims: int = DEFAULT_DIMS,
@@ -103,7 +110,7 @@ class ImageFinder:
         self._fetcher = fetcher
         self._blobs = blobs
         self._add_lock = threading.Lock()
-        self._rotated_queries = rotated_queries
+        self._query_views = query_views
         self._thumbnails = thumbnails
         self._whitening = whitening
         self._search_dims = search_dims
@@ -272,20 +279,33 @@ class ImageFinder:
 
     # -- search ----------------------------------------------------------------------------
 
-    def embed_bytes(self, data: bytes, source: str = "<upload>") -> NDArray[np.float32]:
-        """Decode (at reduced scale when the format allows) and embed one query: (views, dim)."""
-        return self.embed_prepared([self.prepare(data, source)])[0]
-
-    def prepare(self, data: bytes, source: str = "<upload>") -> NDArray[np.float32]:
-        """Decode and preprocess one query image into its views: (views, 3, h, w)."""
+    def prepare(self, data: bytes, source: str = "<upload>") -> PreparedQuery:
+        """Decode (at reduced scale when the format allows) and preprocess one query image."""
         image = decode_image(data, self.limits, source, self.encoder.min_short_side)
-        return np.stack([self.encoder.preprocess(view) for view in self._query_views(image)])
+        return PreparedQuery(image, self.encoder.preprocess(image)[None])
 
-    def embed_prepared(self, inputs: Sequence[NDArray[np.float32]]) -> NDArray[np.float32]:
-        """Prepared queries -> (queries, views, dim), in one encoder call for all of them."""
-        views = inputs[0].shape[0]
-        vectors = self.encoder.embed_arrays(np.concatenate(inputs))
-        return vectors.reshape(len(inputs), views, -1)
+    def embed_prepared(self, pixels: Sequence[NDArray[np.float32]]) -> NDArray[np.float32]:
+        """Prepared queries' pixels -> (queries, dim), in one encoder call for all of them (the
+        API's micro-batcher gathers concurrent queries here)."""
+        return self.encoder.embed_arrays(np.concatenate(pixels))
+
+    def search_prepared(
+        self,
+        query: PreparedQuery,
+        vector: NDArray[np.float32],
+        k: int,
+        min_score: float | None = None,
+        where: Filter | None = None,
+    ) -> list[SearchResult]:
+        """Search with the plain query's `vector`; with `query_views=adaptive`, when that finds no
+        copy, search again with the extra views of `imagefinder.views` (7 more encoder runs)."""
+        results = self.search_vector(vector, k, min_score, where=where)
+        if self._query_views == "single" or (results and results[0].is_copy):
+            return results
+        views, penalties = zip(*extra_views(query.image), strict=True)
+        pixels = np.stack([self.encoder.preprocess(view) for view in views])
+        vectors = np.concatenate([vector[None], self.encoder.embed_arrays(pixels)])
+        return self.search_vector(vectors, k, min_score, where=where, penalties=(0.0, *penalties))
 
     def search_vector(
         self,
@@ -294,11 +314,14 @@ class ImageFinder:
         min_score: float | None = None,
         exclude_id: str | None = None,
         where: Filter | None = None,
+        penalties: Sequence[float] | None = None,
     ) -> list[SearchResult]:
-        """The k best matches of a (dim,) vector or (views, dim) query, best first, scoring at
-        least `min_score`, without `exclude_id`, among images whose payload matches `where`."""
-        penalties = VIEW_PENALTIES[: len(vector)] if vector.ndim == 2 else None
-        hits = self.store.search(vector, k + (1 if exclude_id is not None else 0), penalties, where or None)
+        """The k best matches of a (dim,) vector, or of (views, dim) views scored by their best
+        view less its penalty, best first, scoring at least `min_score`, without `exclude_id`,
+        among images whose payload matches `where`."""
+        view_penalties = np.asarray(penalties, dtype=np.float32) if penalties is not None else None
+        wanted = k + (1 if exclude_id is not None else 0)
+        hits = self.store.search(vector, wanted, view_penalties, where or None)
         threshold = self.copy_threshold
         results = [
             _result(hit, threshold)
@@ -306,15 +329,6 @@ class ImageFinder:
             if hit.id != exclude_id and (min_score is None or hit.score >= min_score)
         ]
         return results[:k]
-
-    def _query_views(self, image: Image.Image) -> list[Image.Image]:
-        if not self._rotated_queries:
-            return [image]
-        return [
-            image,
-            image.transpose(Image.Transpose.TRANSPOSE),
-            image.transpose(Image.Transpose.TRANSVERSE),
-        ]
 
     @property
     def supports_text(self) -> bool:
@@ -341,7 +355,8 @@ class ImageFinder:
         min_score: float | None = None,
         where: Filter | None = None,
     ) -> list[SearchResult]:
-        return self.search_vector(self.embed_bytes(data, source), k, min_score, where=where)
+        query = self.prepare(data, source)
+        return self.search_prepared(query, self.embed_prepared([query.pixels])[0], k, min_score, where)
 
     def search_id(
         self,

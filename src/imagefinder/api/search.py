@@ -144,10 +144,10 @@ async def search_batch(
         except (ImageFinderError, ApiError) as exc:
             items.append(BatchItem(filename=name, error=error_body(exc)))
     if prepared:
-        vectors = await run_in_threadpool(service.embed_prepared, [p for _, p in prepared])
+        vectors = await run_in_threadpool(service.embed_prepared, [query.pixels for _, query in prepared])
         request.app.state.metrics.encoder_batch.observe(len(prepared))
-        for (position, _), vector in zip(prepared, vectors, strict=True):
-            hits = await run_in_threadpool(service.search_vector, vector, k, min_score, None, fields)
+        for (position, query), vector in zip(prepared, vectors, strict=True):
+            hits = await run_in_threadpool(service.search_prepared, query, vector, k, min_score, fields)
             items[position].results = [_to_result(r) for r in hits]
     return BatchResponse(
         model=_model(service), took_ms=round((time.perf_counter() - started) * 1000, 2), queries=items
@@ -163,9 +163,9 @@ async def _search_bytes(
     min_score: float | None,
     fields: dict[str, str] | None,
 ) -> list[SearchResult]:
-    prepared = await run_in_threadpool(service.prepare, data, source)
-    vector = await embed_prepared(request, service, prepared)
-    return await run_in_threadpool(service.search_vector, vector, k, min_score, None, fields)
+    query = await run_in_threadpool(service.prepare, data, source)
+    vector = await embed_prepared(request, service, query.pixels)
+    return await run_in_threadpool(service.search_prepared, query, vector, k, min_score, fields)
 
 
 def _check_k(k: int | None, default: int, largest: int) -> int:

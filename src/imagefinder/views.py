@@ -1,0 +1,53 @@
+"""Extra views of a query image, for the second search pass of `query_views=adaptive`.
+
+One embedding of the whole image misses copies that are only a part of the query, or turned:
+a photo pasted small into a larger picture, a screenshot around a photo, a photo mirrored and
+rotated by 90 degrees. When the plain query finds no copy (no result above the copy threshold),
+the service searches again with these views and keeps, for each image, its best view's score
+less that view's penalty, so a view wins only clearly:
+
+- the query transposed and transversed (mirrored and turned 90 degrees either way), penalty 0.1;
+- five half-size regions, the four corners and the centre (each half the width and height),
+  penalty 0.05.
+
+Measured on the dev benchmark (bench/results/dev_benchmark.json, rerun with `make bench-quality`):
+near-duplicate recall@1 0.889 -> 0.931 (paste 0.49 -> 0.78, mirror_rot90 0.80 -> 0.96), micro-AP
+0.859 -> 0.912, with 2.65 encoder runs per query on average (1 when the plain query finds a copy,
+8 when it does not). Chosen among regular grids of 4, 5 and 9 regions at 0.4-0.7 of the side
+(`make bench-views` -> bench/results/query_views_sweep.json): 9 regions gained 0.002 more for 4
+more runs. Cheaper ways were tried once and dropped: regions pooled from one pass's feature map
+(no gain: recall@1 0.884-0.892), and the extra views embedded at 192 px instead of 224 (0.926).
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+ROTATION_PENALTY = 0.1
+REGION_PENALTY = 0.05
+REGION_SIDE = 0.5  # of the query's width and height
+# Top-left corners of the regions, as fractions of the width and height.
+REGION_ORIGINS = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.25, 0.25))
+# Regions of a smaller image hold too few pixels to be a picture of their own (and a 1-pixel-wide
+# image has no half): such queries get the turned views only.
+MIN_SIDE_FOR_REGIONS = 32
+
+
+def extra_views(image: Image.Image) -> list[tuple[Image.Image, float]]:
+    """(view, penalty) for every extra view of `image`, in a fixed order."""
+    views = [
+        (image.transpose(Image.Transpose.TRANSPOSE), ROTATION_PENALTY),
+        (image.transpose(Image.Transpose.TRANSVERSE), ROTATION_PENALTY),
+    ]
+    width, height = image.size
+    if min(width, height) < MIN_SIDE_FOR_REGIONS:
+        return views
+    for left, top in REGION_ORIGINS:
+        box = (
+            int(left * width),
+            int(top * height),
+            int((left + REGION_SIDE) * width),
+            int((top + REGION_SIDE) * height),
+        )
+        views.append((image.crop(box), REGION_PENALTY))
+    return views

@@ -1,0 +1,81 @@
+"""The adaptive second search pass (imagefinder.views): when it runs, what it searches with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imagefinder.images import ImageLimits
+from imagefinder.service import ImageFinder
+from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.views import REGION_PENALTY, ROTATION_PENALTY, extra_views
+from tests.factories import FakeEncoder, encode, gradient
+
+
+# Queries are sent as PNG: JPEG would be decoded in draft mode down to the fake encoder's 8-px
+# input, too small for regions.
+def service_with(tmp_path: Path, mode: str) -> tuple[ImageFinder, FakeEncoder]:
+    encoder = FakeEncoder()
+    service = ImageFinder(
+        encoder, EmbeddedStore(tmp_path / mode), ImageLimits(), query_views=mode, whitening=0
+    )
+    for seed in range(30):
+        service.add_bytes(encode(gradient(seed)), f"g{seed}.jpg")
+    service.calibrate()
+    return service, encoder
+
+
+def test_extra_views_are_two_turns_and_five_half_size_regions() -> None:
+    image = Image.new("RGB", (200, 100))
+    views = extra_views(image)
+    assert [penalty for _, penalty in views] == [ROTATION_PENALTY] * 2 + [REGION_PENALTY] * 5
+    assert [view.size for view, _ in views] == [(100, 200)] * 2 + [(100, 50)] * 5
+
+
+def test_tiny_images_get_the_turned_views_only() -> None:
+    # A 1-pixel-wide query once reached the encoder as an empty region (found by the API fuzz).
+    for size in ((1, 1), (1, 500), (31, 200)):
+        assert [penalty for _, penalty in extra_views(Image.new("RGB", size))] == [ROTATION_PENALTY] * 2
+
+
+def test_a_query_that_finds_its_copy_runs_the_encoder_once(tmp_path: Path) -> None:
+    service, encoder = service_with(tmp_path, "adaptive")
+    encoder.calls.clear()
+    top = service.search_bytes(encode(gradient(7)), k=3)[0]
+    assert (top.id, top.is_copy) == ("g7.jpg", True)
+    assert encoder.calls == [1]
+
+
+def test_a_query_without_a_copy_is_searched_again_with_seven_more_views(tmp_path: Path) -> None:
+    service, encoder = service_with(tmp_path, "adaptive")
+    # Uniform noise looks like none of the gradients: no result reaches the copy threshold.
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8))
+    encoder.calls.clear()
+    results = service.search_bytes(encode(noise, "PNG"), k=3)
+    assert encoder.calls == [1, 7]
+    assert len(results) == 3 and not any(r.is_copy for r in results)
+    assert [r.score for r in results] == sorted((r.score for r in results), reverse=True)
+
+
+def test_a_pasted_copy_is_found_by_a_region_view(tmp_path: Path) -> None:
+    service, encoder = service_with(tmp_path, "adaptive")
+    # g7 pasted as the top-left quarter of a grey canvas: the whole canvas is not a copy of it,
+    # the top-left region is.
+    canvas = Image.new("RGB", (192, 160), (128, 128, 128))
+    canvas.paste(gradient(7), (0, 0))
+    single, _ = service_with(tmp_path / "single", "single")
+    assert not single.search_bytes(encode(canvas, "PNG"), k=1)[0].is_copy
+    top = service.search_bytes(encode(canvas, "PNG"), k=1)[0]
+    assert (top.id, top.is_copy) == ("g7.jpg", True)
+    # Found through a region: its score is that view's cosine less the region penalty.
+    assert top.score <= 1 - REGION_PENALTY + 1e-6
+
+
+def test_single_mode_never_runs_a_second_pass(tmp_path: Path) -> None:
+    service, encoder = service_with(tmp_path, "single")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8))
+    encoder.calls.clear()
+    service.search_bytes(encode(noise, "PNG"), k=3)
+    assert encoder.calls == [1]
