@@ -80,7 +80,8 @@ class Task:
         views = np.stack([embed(all_views(load(p))) for p in queries])
         mean, projection = fit_whitening(raw)  # type: ignore[misc]
         stored = l2_normalise((raw - mean) @ projection)
-        self.scores = np.einsum("qvd,cd->qvc", l2_normalise((views - mean) @ projection), stored)
+        flat = l2_normalise((views.reshape(-1, views.shape[-1]) - mean) @ projection)  # l2_normalise is 2-d
+        self.scores = np.einsum("qvd,cd->qvc", flat.reshape(len(queries), views.shape[1], -1), stored)
         self.threshold = copy_threshold(stored)
         self.collection = [p.name for p in collection]
         self.queries = [p.name for p in queries]
