@@ -95,7 +95,10 @@ class ApiSettings(BaseModel):
     max_batch_files: int = Field(16, ge=1, description="Most images one POST /search/batch may carry.")
     micro_batch: bool = Field(True, description="Embed concurrent queries together in one encoder call.")
     micro_batch_wait_ms: float = Field(
-        2.0, ge=0, description="How long a query waits for others to share its encoder call."
+        0.0,
+        ge=0,
+        description="How long a query waits for others to share its encoder call. 0: no wait; "
+        "queries that arrive while the encoder is busy still share the next call.",
     )
 
 

@@ -2,8 +2,10 @@
 
 Each request hands in its preprocessed input and awaits a future; one worker thread takes the
 first waiting input, waits up to `max_wait_ms` for more (up to `max_batch`), runs the encoder once
-for all of them and resolves every future. A lone request so pays at most `max_wait_ms`;
-`make bench-api` measures whether batching pays under load on this machine."""
+for all of them and resolves every future. A lone request so pays at most `max_wait_ms`. With the
+default wait of 0 it pays nothing, and batches still form under load: whatever queued while the
+encoder was busy goes into the next call. `make bench-api` measures whether batching pays under
+load on this machine."""
 
 from __future__ import annotations
 
