@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-index clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -82,6 +82,10 @@ bench-hf: install
 # Indexing speed on 2-12 MP photos: reference pipeline vs ImageFinder vs encoder-only; search latency.
 bench: install
 	$(BIN)/python bench/speed.py --out bench/results/speed.json
+
+# Where a 2 MP query's time goes in-process, and how steady the encoder is on this machine (~1.5 min).
+bench-breakdown: install
+	$(BIN)/python bench/search_breakdown.py --out bench/results/search_breakdown.json
 
 # The store at 100k and 1M synthetic vectors: build, memory, latency, recall, reopen (about 10 min).
 bench-index: install
