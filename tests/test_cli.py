@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.factories import encode, gradient, png_bomb
 
@@ -67,6 +68,27 @@ def test_search_json_lists_k_results_best_first(indexed: tuple[Path, Path], phot
     assert len(ids) == 4 and ids[0] == "photos/coffee.png"
     assert scores == sorted(scores, reverse=True) and scores[0] == pytest.approx(1.0, abs=1e-4)
     assert body["results"][0]["uri"].endswith("coffee.png")
+
+
+def test_search_views_option(indexed: tuple[Path, Path], photos: Path, tmp_path: Path) -> None:
+    """A copy pasted small into a bigger picture: one view does not flag it, the second pass does."""
+    home, _ = indexed
+    photo = Image.open(photos / "coffee.png").convert("RGB")
+    canvas = Image.new("RGB", (photo.width * 2, photo.height * 2), (40, 90, 160))
+    canvas.paste(photo, (photo.width, 0))
+    canvas.save(tmp_path / "pasted.jpg", quality=90)
+    answers = {
+        views: json.loads(
+            run_cli(home, "search", str(tmp_path / "pasted.jpg"), "--views", views, "--json").stdout
+        )
+        for views in ("single", "adaptive")
+    }
+    assert not answers["single"]["results"][0]["is_copy"]
+    top = answers["adaptive"]["results"][0]
+    assert top["id"] == "photos/coffee.png" and top["is_copy"]
+    assert (
+        run_cli(home, "search", str(tmp_path / "pasted.jpg"), "--views", "all", check=False).returncode == 2
+    )
 
 
 def test_search_table(indexed: tuple[Path, Path], photos: Path) -> None:

@@ -79,3 +79,25 @@ def test_single_mode_never_runs_a_second_pass(tmp_path: Path) -> None:
     encoder.calls.clear()
     service.search_bytes(encode(noise, "PNG"), k=3)
     assert encoder.calls == [1]
+
+
+def test_the_api_and_the_cli_choose_the_views_per_request(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from imagefinder.api import create_app
+    from imagefinder.config import ApiSettings
+
+    service, encoder = service_with(tmp_path, "adaptive")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8))
+    upload = {"file": ("q.png", encode(noise, "PNG"))}
+    with TestClient(create_app(service, ApiSettings())) as client:  # type: ignore[arg-type]
+        for views, runs in (("single", [1]), ("adaptive", [1, 7]), (None, [1, 7])):
+            encoder.calls.clear()
+            params = {"k": 3} | ({"views": views} if views else {})
+            assert client.post("/search", params=params, files=upload).status_code == 200
+            assert encoder.calls == runs, views
+        encoder.calls.clear()
+        answer = client.post("/search/batch", params={"views": "single"}, files=[("files", upload["file"])])
+        assert answer.status_code == 200 and encoder.calls == [1]
+        refused = client.post("/search", params={"views": "all"}, files=upload)
+        assert refused.status_code == 422

@@ -225,10 +225,22 @@ def _write_atomically(path: Path, text: str) -> None:
     metavar="FIELD=VALUE",
     help="Only images whose payload field has this value (repeat: all must match), e.g. source=holidays.",
 )
+@click.option(
+    "--views",
+    type=click.Choice(["single", "adaptive"]),
+    help="single: one encoder run; adaptive: a second pass with 7 more views when no copy is found "
+    "(default: IMAGEFINDER_QUERY_VIEWS).",
+)
 @click.pass_context
 @_user_errors
 def search(
-    ctx: click.Context, image: Path | None, text: str | None, k: int, as_json: bool, where: tuple[str, ...]
+    ctx: click.Context,
+    image: Path | None,
+    text: str | None,
+    k: int,
+    as_json: bool,
+    where: tuple[str, ...],
+    views: str | None,
 ) -> None:
     """Print the k indexed images most similar to IMAGE (or matching --text), best first."""
     from imagefinder.wiring import build_service
@@ -248,7 +260,7 @@ def search(
             results = service.search_text(text, k, where=fields)
         else:
             assert image is not None
-            results = service.search_bytes(image.read_bytes(), k, str(image), where=fields)
+            results = service.search_bytes(image.read_bytes(), k, str(image), where=fields, views=views)  # type: ignore[arg-type]
         model = service.model
         threshold = service.copy_threshold
     finally:

@@ -296,11 +296,13 @@ class ImageFinder:
         k: int,
         min_score: float | None = None,
         where: Filter | None = None,
+        views: QueryViews | None = None,
     ) -> list[SearchResult]:
-        """Search with the plain query's `vector`; with `query_views=adaptive`, when that finds no
-        copy, search again with the extra views of `imagefinder.views` (7 more encoder runs)."""
+        """Search with the plain query's `vector`; with `views` (default: the service's
+        `query_views`) "adaptive", when that finds no copy, search again with the extra views of
+        `imagefinder.views` (7 more encoder runs)."""
         results = self.search_vector(vector, k, min_score, where=where)
-        if self._query_views == "single" or (results and results[0].is_copy):
+        if (views or self._query_views) == "single" or (results and results[0].is_copy):
             return results
         views, penalties = zip(*extra_views(query.image), strict=True)
         pixels = np.stack([self.encoder.preprocess(view) for view in views])
@@ -354,9 +356,10 @@ class ImageFinder:
         source: str = "<upload>",
         min_score: float | None = None,
         where: Filter | None = None,
+        views: QueryViews | None = None,
     ) -> list[SearchResult]:
         query = self.prepare(data, source)
-        return self.search_prepared(query, self.embed_prepared([query.pixels])[0], k, min_score, where)
+        return self.search_prepared(query, self.embed_prepared([query.pixels])[0], k, min_score, where, views)
 
     def search_id(
         self,

@@ -22,7 +22,7 @@ from imagefinder.api.schemas import (
     multipart_or_json_body,
 )
 from imagefinder.errors import ImageFinderError
-from imagefinder.service import ImageFinder, SearchResult
+from imagefinder.service import ImageFinder, QueryViews, SearchResult
 from imagefinder.stores.base import parse_where
 
 router = APIRouter(tags=["search"], dependencies=[ReadAccess])
@@ -42,6 +42,13 @@ _WHERE_HELP = (
     "all must match), e.g. where=source=holidays. Values compare as text; numbers and booleans "
     "as JSON (2020, true)."
 )
+
+_VIEWS_HELP = (
+    "single: one encoder run. adaptive: when no result is a copy, search again with 7 more views "
+    "of the image (turned, four corners, centre), which finds pasted, screenshotted and rotated "
+    "copies at 8 encoder runs. Default: the server's IMAGEFINDER_QUERY_VIEWS. Image queries only."
+)
+Views = Annotated[QueryViews | None, Query(description=_VIEWS_HELP)]
 
 _SEARCH_BODY = multipart_or_json_body(
     {"file": {"type": "string", "format": "binary"}},
@@ -72,6 +79,7 @@ async def search(
     ] = None,
     exclude_self: Annotated[bool, Query(description="For an id query, leave the image itself out")] = True,
     where: Annotated[list[str] | None, Query(description=_WHERE_HELP)] = None,
+    views: Views = None,
 ) -> SearchResponse:
     k = _check_k(k, settings.default_k, settings.max_k)
     fields = parse_where(where or [])
@@ -79,7 +87,7 @@ async def search(
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         data, filename, _ = await read_form_file(request, service.limits.max_bytes)
-        results = await _search_bytes(request, service, data, filename, k, min_score, fields)
+        results = await _search_bytes(request, service, data, filename, k, min_score, fields, views)
     elif content_type.startswith("application/json"):
         try:
             query = SearchQuery.model_validate_json(await request.body())
@@ -91,7 +99,7 @@ async def search(
             results = await run_in_threadpool(service.search_text, query.text, k, min_score, fields)
         else:
             data = await run_in_threadpool(service.fetch_url, str(query.url))
-            results = await _search_bytes(request, service, data, str(query.url), k, min_score, fields)
+            results = await _search_bytes(request, service, data, str(query.url), k, min_score, fields, views)
     elif not content_type:
         raise ApiError(
             422,
@@ -126,6 +134,7 @@ async def search_batch(
     k: Annotated[int | None, Query(ge=1)] = None,
     min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
     where: Annotated[list[str] | None, Query(description=_WHERE_HELP)] = None,
+    views: Views = None,
 ) -> BatchResponse:
     """Each image gets its own results or its own error; one bad image does not fail the rest."""
     k = _check_k(k, settings.default_k, settings.max_k)
@@ -147,7 +156,9 @@ async def search_batch(
         vectors = await run_in_threadpool(service.embed_prepared, [query.pixels for _, query in prepared])
         request.app.state.metrics.encoder_batch.observe(len(prepared))
         for (position, query), vector in zip(prepared, vectors, strict=True):
-            hits = await run_in_threadpool(service.search_prepared, query, vector, k, min_score, fields)
+            hits = await run_in_threadpool(
+                service.search_prepared, query, vector, k, min_score, fields, views
+            )
             items[position].results = [_to_result(r) for r in hits]
     return BatchResponse(
         model=_model(service), took_ms=round((time.perf_counter() - started) * 1000, 2), queries=items
@@ -162,10 +173,11 @@ async def _search_bytes(
     k: int,
     min_score: float | None,
     fields: dict[str, str] | None,
+    views: QueryViews | None,
 ) -> list[SearchResult]:
     query = await run_in_threadpool(service.prepare, data, source)
     vector = await embed_prepared(request, service, query.pixels)
-    return await run_in_threadpool(service.search_prepared, query, vector, k, min_score, fields)
+    return await run_in_threadpool(service.search_prepared, query, vector, k, min_score, fields, views)
 
 
 def _check_k(k: int | None, default: int, largest: int) -> int:
