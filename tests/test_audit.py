@@ -88,8 +88,10 @@ def osv() -> Iterator[OsvService]:
         yield service
 
 
-def audit(tmp_path: Path, osv_url: str, *extra: str, ignores: str = "") -> subprocess.CompletedProcess[str]:
-    (tmp_path / "requirements.lock").write_text(LOCK)
+def audit(
+    tmp_path: Path, osv_url: str, *extra: str, ignores: str = "", lock: str = LOCK
+) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "requirements.lock").write_text(lock)
     (tmp_path / "ignore.txt").write_text(ignores)
     return subprocess.run(
         [
@@ -134,3 +136,11 @@ def test_an_unreachable_service_is_reported_not_passed_silently(tmp_path: Path) 
     assert "AUDIT NOT RUN" in completed.stdout
     assert json.loads((tmp_path / "audit.json").read_text())["ran"] is False
     assert audit(tmp_path, closed, "--require").returncode == 2
+
+
+def test_any_other_pip_audit_failure_fails_the_audit(tmp_path: Path, osv: OsvService) -> None:
+    # Not a network problem: an unpinned line makes pip-audit refuse the lock. That must fail CI,
+    # not pass as "not run".
+    completed = audit(tmp_path, osv.url, lock="pillow>=10\n")
+    assert completed.returncode == 3, completed.stdout + completed.stderr
+    assert "AUDIT FAILED" in completed.stdout and "AUDIT NOT RUN" not in completed.stdout

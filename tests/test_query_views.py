@@ -8,15 +8,15 @@ import numpy as np
 from PIL import Image
 
 from imagefinder.images import ImageLimits
-from imagefinder.service import ImageFinder
+from imagefinder.service import ImageFinder, QueryViews
 from imagefinder.stores.embedded import EmbeddedStore
-from imagefinder.views import REGION_PENALTY, ROTATION_PENALTY, extra_views
+from imagefinder.views import REGION_PENALTY, ROTATION_PENALTY, VIEW_SOURCE_SIDE, extra_views, view_source
 from tests.factories import FakeEncoder, encode, gradient
 
 
 # Queries are sent as PNG: JPEG would be decoded in draft mode down to the fake encoder's 8-px
 # input, too small for regions.
-def service_with(tmp_path: Path, mode: str) -> tuple[ImageFinder, FakeEncoder]:
+def service_with(tmp_path: Path, mode: QueryViews) -> tuple[ImageFinder, FakeEncoder]:
     encoder = FakeEncoder()
     service = ImageFinder(
         encoder, EmbeddedStore(tmp_path / mode), ImageLimits(), query_views=mode, whitening=0
@@ -66,11 +66,14 @@ def test_a_pasted_copy_is_found_by_a_region_view(tmp_path: Path) -> None:
     canvas = Image.new("RGB", (192, 160), (128, 128, 128))
     canvas.paste(gradient(7), (0, 0))
     single, _ = service_with(tmp_path / "single", "single")
-    assert not single.search_bytes(encode(canvas, "PNG"), k=1)[0].is_copy
+    plain = single.search_bytes(encode(canvas, "PNG"), k=1)[0]
+    assert not plain.is_copy
     top = service.search_bytes(encode(canvas, "PNG"), k=1)[0]
     assert (top.id, top.is_copy) == ("g7.jpg", True)
-    # Found through a region: its score is that view's cosine less the region penalty.
-    assert top.score <= 1 - REGION_PENALTY + 1e-6
+    # Found through the top-left region, which is g7 itself: its cosine (about 1, the stored g7
+    # went through JPEG) less the region penalty, far above what the whole canvas scored.
+    assert 1 - REGION_PENALTY - 0.02 < top.score <= 1 - REGION_PENALTY + 1e-6
+    assert top.score > plain.score + 0.3
 
 
 def test_single_mode_never_runs_a_second_pass(tmp_path: Path) -> None:
@@ -101,3 +104,21 @@ def test_the_api_and_the_cli_choose_the_views_per_request(tmp_path: Path) -> Non
         assert answer.status_code == 200 and encoder.calls == [1]
         refused = client.post("/search", params={"views": "all"}, files=upload)
         assert refused.status_code == 422
+
+
+def test_nothing_to_find_runs_no_second_pass(tmp_path: Path) -> None:
+    encoder = FakeEncoder()
+    empty = ImageFinder(encoder, EmbeddedStore(tmp_path / "empty"), ImageLimits(), whitening=0)
+    assert empty.search_bytes(encode(gradient(1), "PNG"), k=3) == []
+    assert encoder.calls == [1]
+    service, encoder = service_with(tmp_path, "adaptive")
+    encoder.calls.clear()
+    assert service.search_bytes(encode(gradient(1), "PNG"), k=3, where={"source": "nowhere"}) == []
+    assert encoder.calls == [1]
+
+
+def test_a_large_query_is_kept_small_for_its_second_pass() -> None:
+    large = Image.new("RGB", (4000, 3000))
+    assert view_source(large).size == (683, VIEW_SOURCE_SIDE)
+    small = Image.new("RGB", (400, 300))
+    assert view_source(small) is small

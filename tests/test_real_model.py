@@ -13,7 +13,7 @@ from imagefinder.encoders.base import embed_images
 from imagefinder.encoders.lite0 import LITE0_INFO, ensure_lite0_onnx
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
 from imagefinder.images import ImageLimits
-from imagefinder.service import ImageFinder
+from imagefinder.service import ImageFinder, QueryViews
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
 
@@ -72,9 +72,10 @@ def test_adaptive_views_find_turned_and_pasted_copies(
 ) -> None:
     """A photo mirrored and turned 90 degrees, and the photo shrunk into a corner of a bigger
     noisy picture: the plain query misses most; the second pass finds them and flags the copy."""
+    modes: tuple[QueryViews, ...] = ("single", "adaptive")
     services = {
         mode: ImageFinder(real_encoder, EmbeddedStore(tmp_path / mode), LIMITS, query_views=mode)
-        for mode in ("single", "adaptive")
+        for mode in modes
     }
     for service in services.values():
         service.index(FolderSource(photos, LIMITS.max_bytes))

@@ -8,7 +8,8 @@ and says which of three things happened:
   exit 0  every package was checked and nothing untriaged was found;
   exit 0  the vulnerability service could not be reached or knew none of the packages: the audit
           did NOT run, and the output says so in capitals; `--require` turns this into exit 2
-          (for machines that have the network).
+          (for machines that have the network);
+  exit 3  pip-audit failed for any other reason (an unpinned line in the lock, a crash): CI fails.
 
 audit-ignore.txt holds one triaged vulnerability id per line, `ID  # why it does not apply`.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,7 @@ OSV_URL = "https://api.osv.dev/v1/query"
 @dataclass
 class AuditResult:
     ran: bool
+    failed: bool = False  # pip-audit failed for a reason other than the network
     audited: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # package -> pip-audit's reason
     findings: list[dict[str, object]] = field(default_factory=list)  # untriaged
@@ -40,7 +43,7 @@ class AuditResult:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.findings else 0
+        return 3 if self.failed else 1 if self.findings else 0
 
 
 def read_ignores(path: Path) -> set[str]:
@@ -73,6 +76,12 @@ def classify(report: dict[str, object], ignores: set[str]) -> AuditResult:
     return result
 
 
+# How requests and pip-audit say that the service could not be reached at all.
+_UNREACHABLE = re.compile(
+    r"ConnectionError|NameResolutionError|Max retries exceeded|Could not connect|timed out"
+)
+
+
 def run_pip_audit(
     pip_audit: Path, lock: Path, osv_url: str, timeout: int
 ) -> tuple[dict[str, object] | None, str]:
@@ -101,6 +110,10 @@ def run_pip_audit(
         return None, f"pip-audit exited {completed.returncode}: {last_line}"
 
 
+def unreachable(error: str) -> bool:
+    return bool(_UNREACHABLE.search(error))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,8 +128,10 @@ def main() -> int:
     args = parser.parse_args()
 
     report, error = run_pip_audit(args.pip_audit, args.lock, args.osv_url, args.timeout)
-    result = classify(report, read_ignores(args.ignore)) if report is not None else AuditResult(ran=False)
-    result.error = error
+    if report is not None:
+        result = classify(report, read_ignores(args.ignore))
+    else:
+        result = AuditResult(ran=False, failed=not unreachable(error), error=error)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result.__dict__, indent=1))
@@ -127,6 +142,9 @@ def main() -> int:
     for finding in result.triaged:
         ids = " ".join(finding["ids"])  # type: ignore[arg-type]
         print(f"triaged    {finding['package']}: {ids} (see {args.ignore.name})")  # noqa: T201
+    if result.failed:
+        print(f"AUDIT FAILED: {error}")  # noqa: T201
+        return result.exit_code
     if not result.ran:
         why = error or f"the service knew none of the {len(result.skipped)} packages"
         print(f"AUDIT NOT RUN: {why} ({args.osv_url})")  # noqa: T201

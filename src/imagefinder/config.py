@@ -6,10 +6,12 @@ Every field has a description: `tests/test_config.py` checks that the README doc
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -149,6 +151,18 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
+
+    @model_validator(mode="after")
+    def _warn_about_removed_settings(self) -> Settings:
+        # Unknown IMAGEFINDER_ variables are ignored; this one was a setting until the adaptive
+        # query views replaced it, so say what took its place.
+        if "IMAGEFINDER_ROTATED_QUERIES" in os.environ:
+            warnings.warn(
+                "IMAGEFINDER_ROTATED_QUERIES is no longer read: rotated views are part of "
+                "IMAGEFINDER_QUERY_VIEWS=adaptive (the default)",
+                stacklevel=2,
+            )
+        return self
 
     @property
     def home_dir(self) -> Path:

@@ -37,7 +37,7 @@ from imagefinder.indexer import Indexer, IndexReport, image_payload
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Filter, Hit, Payload, VectorStore
 from imagefinder.tracking import ModelRecord
-from imagefinder.views import extra_views
+from imagefinder.views import extra_views, view_source
 from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, fit_whitening
 
 THUMBNAIL_SIDE = 256
@@ -55,7 +55,8 @@ QueryViews = Literal["single", "adaptive"]
 
 @dataclass(frozen=True)
 class PreparedQuery:
-    """A decoded query image and its model input (1, 3, h, w) for the first search pass."""
+    """A query's model input (1, 3, h, w) for the first search pass, and the image (at most
+    `views.VIEW_SOURCE_SIDE` on its short side) that a second pass cuts its views from."""
 
     image: Image.Image
     pixels: NDArray[np.float32]
@@ -282,7 +283,7 @@ class ImageFinder:
     def prepare(self, data: bytes, source: str = "<upload>") -> PreparedQuery:
         """Decode (at reduced scale when the format allows) and preprocess one query image."""
         image = decode_image(data, self.limits, source, self.encoder.min_short_side)
-        return PreparedQuery(image, self.encoder.preprocess(image)[None])
+        return PreparedQuery(view_source(image), self.encoder.preprocess(image)[None])
 
     def embed_prepared(self, pixels: Sequence[NDArray[np.float32]]) -> NDArray[np.float32]:
         """Prepared queries' pixels -> (queries, dim), in one encoder call for all of them (the
@@ -301,13 +302,17 @@ class ImageFinder:
         """Search with the plain query's `vector`; with `views` (default: the service's
         `query_views`) "adaptive", when that finds no copy, search again with the extra views of
         `imagefinder.views` (7 more encoder runs)."""
-        results = self.search_vector(vector, k, min_score, where=where)
-        if (views or self._query_views) == "single" or (results and results[0].is_copy):
-            return results
-        views, penalties = zip(*extra_views(query.image), strict=True)
-        pixels = np.stack([self.encoder.preprocess(view) for view in views])
-        vectors = np.concatenate([vector[None], self.encoder.embed_arrays(pixels)])
-        return self.search_vector(vectors, k, min_score, where=where, penalties=(0.0, *penalties))
+        threshold = self.copy_threshold
+        hits = self._hits(vector, k, where)
+        # Settled: a copy was found, or there is nothing to find (an empty collection, a filter
+        # that matches nothing), where more views cannot help.
+        settled = not hits or hits[0].score >= threshold
+        if (views or self._query_views) == "adaptive" and not settled:
+            images, penalties = zip(*extra_views(query.image), strict=True)
+            pixels = np.stack([self.encoder.preprocess(image) for image in images])
+            vectors = np.concatenate([vector[None], self.encoder.embed_arrays(pixels)])
+            hits = self._hits(vectors, k, where, (0.0, *penalties))
+        return _results(hits, k, min_score, None, threshold)
 
     def search_vector(
         self,
@@ -321,16 +326,18 @@ class ImageFinder:
         """The k best matches of a (dim,) vector, or of (views, dim) views scored by their best
         view less its penalty, best first, scoring at least `min_score`, without `exclude_id`,
         among images whose payload matches `where`."""
+        hits = self._hits(vector, k + (1 if exclude_id is not None else 0), where, penalties)
+        return _results(hits, k, min_score, exclude_id, self.copy_threshold)
+
+    def _hits(
+        self,
+        vector: NDArray[np.float32],
+        k: int,
+        where: Filter | None,
+        penalties: Sequence[float] | None = None,
+    ) -> list[Hit]:
         view_penalties = np.asarray(penalties, dtype=np.float32) if penalties is not None else None
-        wanted = k + (1 if exclude_id is not None else 0)
-        hits = self.store.search(vector, wanted, view_penalties, where or None)
-        threshold = self.copy_threshold
-        results = [
-            _result(hit, threshold)
-            for hit in hits
-            if hit.id != exclude_id and (min_score is None or hit.score >= min_score)
-        ]
-        return results[:k]
+        return self.store.search(vector, k, view_penalties, where or None)
 
     @property
     def supports_text(self) -> bool:
@@ -403,6 +410,13 @@ def validate_id(image_id: str) -> None:
     problem = id_problem(image_id)
     if problem:
         raise InvalidIdError(problem)
+
+
+def _results(
+    hits: Sequence[Hit], k: int, min_score: float | None, exclude_id: str | None, copy_threshold: float
+) -> list[SearchResult]:
+    kept = (hit for hit in hits if hit.id != exclude_id and (min_score is None or hit.score >= min_score))
+    return [_result(hit, copy_threshold) for hit in kept][:k]
 
 
 def _result(hit: Hit, copy_threshold: float) -> SearchResult:

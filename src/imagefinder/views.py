@@ -28,9 +28,23 @@ REGION_PENALTY = 0.05
 REGION_SIDE = 0.5  # of the query's width and height
 # Top-left corners of the regions, as fractions of the width and height.
 REGION_ORIGINS = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.25, 0.25))
+# A query is kept for its second pass at most this large on its short side: a half-size region
+# still has the 224-256 px the encoders look at, and a 60-megapixel PNG is not held whole while
+# its query (or a batch of 16) runs. JPEGs are already decoded near this size (draft mode).
+VIEW_SOURCE_SIDE = 512
 # Regions of a smaller image hold too few pixels to be a picture of their own (and a 1-pixel-wide
 # image has no half): such queries get the turned views only.
 MIN_SIDE_FOR_REGIONS = 32
+
+
+def view_source(image: Image.Image) -> Image.Image:
+    """`image`, shrunk to VIEW_SOURCE_SIDE on its short side when it is larger."""
+    width, height = image.size
+    scale = VIEW_SOURCE_SIDE / min(width, height)
+    if scale >= 1:
+        return image
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
 def extra_views(image: Image.Image) -> list[tuple[Image.Image, float]]:

@@ -27,7 +27,7 @@ class MicroBatcher:
         self,
         embed: EmbedFn,
         max_batch: int = 16,
-        max_wait_ms: float = 2.0,
+        max_wait_ms: float = 0.0,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._embed = embed
