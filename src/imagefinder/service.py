@@ -21,7 +21,7 @@ from PIL import Image
 
 from imagefinder.blobs import BlobStore
 from imagefinder.calibration import DEFAULT_THRESHOLD, copy_threshold
-from imagefinder.encoders.base import Encoder, EncoderInfo
+from imagefinder.encoders.base import Encoder, EncoderInfo, embed_images
 from imagefinder.errors import (
     DuplicateImageError,
     EncoderMismatchError,
@@ -309,8 +309,7 @@ class ImageFinder:
         settled = not hits or hits[0].score >= threshold
         if (views or self._query_views) == "adaptive" and not settled:
             images, penalties = zip(*extra_views(query.image), strict=True)
-            pixels = np.stack([self.encoder.preprocess(image) for image in images])
-            vectors = np.concatenate([vector[None], self.encoder.embed_arrays(pixels)])
+            vectors = np.concatenate([vector[None], embed_images(self.encoder, images)])
             hits = self._hits(vectors, k, where, (0.0, *penalties))
         return _results(hits, k, min_score, None, threshold)
 
@@ -321,12 +320,10 @@ class ImageFinder:
         min_score: float | None = None,
         exclude_id: str | None = None,
         where: Filter | None = None,
-        penalties: Sequence[float] | None = None,
     ) -> list[SearchResult]:
-        """The k best matches of a (dim,) vector, or of (views, dim) views scored by their best
-        view less its penalty, best first, scoring at least `min_score`, without `exclude_id`,
-        among images whose payload matches `where`."""
-        hits = self._hits(vector, k + (1 if exclude_id is not None else 0), where, penalties)
+        """The k best matches of a (dim,) vector, best first, scoring at least `min_score`,
+        without `exclude_id`, among images whose payload matches `where`."""
+        hits = self._hits(vector, k + (1 if exclude_id is not None else 0), where)
         return _results(hits, k, min_score, exclude_id, self.copy_threshold)
 
     def _hits(
@@ -336,6 +333,8 @@ class ImageFinder:
         where: Filter | None,
         penalties: Sequence[float] | None = None,
     ) -> list[Hit]:
+        """Hits of a (dim,) vector, or of (views, dim) views scored by their best view less its
+        penalty."""
         view_penalties = np.asarray(penalties, dtype=np.float32) if penalties is not None else None
         return self.store.search(vector, k, view_penalties, where or None)
 
