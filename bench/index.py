@@ -105,6 +105,21 @@ def recall_at_10(found: list[list[int]], truth: list[list[int]]) -> float:
     return round(float(np.mean([len(set(f) & set(t)) / 10 for f, t in pairs])), 4)
 
 
+def store_figures(
+    n: int, memory: float, disk: float, latencies: list[float], filtered: list[float], recall: float
+) -> dict[str, Any]:
+    """The figures every backend's row reports, in the same units for both."""
+    return {
+        "bytes_per_vector": round(memory / n, 1),
+        "disk_bytes_per_vector": round(disk / n, 1),
+        "p50_ms": round(percentile(latencies, 0.5), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
+        "qps": round(1000 / (sum(latencies) / len(latencies)), 1),
+        "filtered_p50_ms": round(percentile(filtered, 0.5), 3),
+        "recall_at_10": recall,
+    }
+
+
 def build(path: Path, n: int) -> dict[str, Any]:
     from imagefinder.encoders.base import EncoderInfo
     from imagefinder.stores.embedded import EmbeddedStore
@@ -182,13 +197,7 @@ def measure(path: Path, n: int) -> dict[str, Any]:
             **common,
             "store": "embedded",
             "index": f"IVF{stats.get('nlist')},SQ8 nprobe {stats.get('nprobe')} + exact re-score",
-            "bytes_per_vector": round(memory / n, 1),
-            "disk_bytes_per_vector": round(disk / n, 1),
-            "p50_ms": round(percentile(latencies, 0.5), 3),
-            "p99_ms": round(percentile(latencies, 0.99), 3),
-            "qps": round(1000 / (sum(latencies) / len(latencies)), 1),
-            "filtered_p50_ms": round(percentile(filtered, 0.5), 3),
-            "recall_at_10": recall,
+            **store_figures(n, memory, disk, latencies, filtered, recall),
             "nprobe_sweep": sorted(sweep, key=lambda row: row["nprobe"] or 0),
             "reopen_s": round(reopen_s, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -265,13 +274,7 @@ def milvus_row(n: int) -> dict[str, Any]:
         "queries": QUERIES,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "build_s": round(build_s, 1),
-        "bytes_per_vector": round(memory / n, 1),
-        "disk_bytes_per_vector": round(disk / n, 1),
-        "p50_ms": round(percentile(latencies, 0.5), 3),
-        "p99_ms": round(percentile(latencies, 0.99), 3),
-        "qps": round(1000 / (sum(latencies) / len(latencies)), 1),
-        "filtered_p50_ms": round(percentile(filtered, 0.5), 3),
-        "recall_at_10": recall,
+        **store_figures(n, memory, disk, latencies, filtered, recall),
         "reopen_s": round(reopen_s, 2),
     }
 
