@@ -62,6 +62,8 @@ lint: install
 bench-quality: install
 	$(BIN)/python bench/dev_benchmark.py --out bench/results/dev_benchmark.json
 	$(BIN)/python bench/dev_benchmark.py --query-views single --out bench/results/dev_benchmark_single_view.json
+	$(BIN)/python bench/dev_benchmark.py --encoder efficientnet-lite0-fp32 --out bench/results/dev_benchmark_fp32.json
+	$(BIN)/python bench/dev_benchmark.py --encoder efficientnet-lite0-fp32 --query-views single --out bench/results/dev_benchmark_fp32_single_view.json
 
 # Extra query views on the dev benchmark: 39 views embedded once, 30 configurations scored (~7 min).
 bench-views: install

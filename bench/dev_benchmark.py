@@ -107,12 +107,15 @@ def main() -> None:
     parser.add_argument(
         "--query-views", choices=["single", "adaptive"], help="Override IMAGEFINDER_QUERY_VIEWS."
     )
+    parser.add_argument("--encoder", help="Override IMAGEFINDER_ENCODER (e.g. efficientnet-lite0-fp32).")
     args = parser.parse_args()
     if not (args.benchmarks / "score.py").is_file():
         sys.exit(f"no development benchmark at {args.benchmarks} (it lives in ../shared/benchmarks)")
     settings = Settings()
     if args.query_views:
         settings = settings.model_copy(update={"query_views": args.query_views})
+    if args.encoder:
+        settings = settings.model_copy(update={"encoder": args.encoder})
 
     encoder = CountingEncoder(build_configured_encoder(settings))
     output: dict[str, object] = {

@@ -113,7 +113,8 @@ class Settings(BaseSettings):
     )
     encoder: str = Field(
         "efficientnet-lite0",
-        description="The image encoder: efficientnet-lite0, hf:<Hugging Face id or local folder>, or a "
+        description="The image encoder: efficientnet-lite0 (int8), efficientnet-lite0-fp32, "
+        "hf:<Hugging Face id or local folder>, or a "
         "registered MLflow version: models:/imagefinder-encoder/3 or models:/imagefinder-encoder@production.",
     )
     hf_pooling: str = Field(

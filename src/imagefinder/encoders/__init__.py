@@ -7,7 +7,9 @@ from pathlib import Path
 from imagefinder.encoders.base import Encoder, EncoderInfo, embed_images
 from imagefinder.errors import ModelUnavailableError
 
-KNOWN_ENCODERS = ("efficientnet-lite0",)
+# efficientnet-lite0 is quantised to int8; efficientnet-lite0-fp32 is the same network unquantised
+# (for indexes built before int8 became the default, and for CPUs without fast int8).
+KNOWN_ENCODERS = ("efficientnet-lite0", "efficientnet-lite0-fp32")
 
 __all__ = ["KNOWN_ENCODERS", "Encoder", "EncoderInfo", "build_encoder", "embed_images"]
 
@@ -17,6 +19,10 @@ def build_encoder(name: str, cache_dir: Path, pooling: str = "auto", device: str
         from imagefinder.encoders.lite0 import lite0_encoder
 
         return lite0_encoder(cache_dir)
+    if name == "efficientnet-lite0-fp32":
+        from imagefinder.encoders.lite0 import lite0_encoder
+
+        return lite0_encoder(cache_dir, int8=False)
     if name.startswith("hf:"):
         from imagefinder.encoders.huggingface import load_hf_encoder
 
