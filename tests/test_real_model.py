@@ -116,3 +116,22 @@ def test_adaptive_views_find_turned_and_pasted_copies(
     assert found["adaptive"] == 2 * len(paths), found
     assert found["single"] < found["adaptive"], found
     assert flagged >= 0.9 * 2 * len(paths)
+
+
+def test_lanes_give_the_vectors_of_one_session_in_batch_order(model_cache: Path, photos: Path) -> None:
+    """A batch cut into chunks over 2 single-thread sessions comes back whole and in order, equal
+    to what one session computes, also while other threads use the same lanes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imagefinder.encoders.lite0 import lite0_encoder
+
+    lanes, single = lite0_encoder(model_cache, lanes=2), lite0_encoder(model_cache, lanes=1)
+    assert lanes.lanes == 2 and single.lanes == 1
+    images = [Image.open(p).convert("RGB") for p in sorted(photos.iterdir())]
+    pixels = np.stack([lanes.preprocess(image) for image in images])  # 17 photos: chunks 8, 8, 1
+    expected = single.embed_arrays(pixels)
+    assert np.allclose(lanes.embed_arrays(pixels), expected, atol=1e-5)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda start: lanes.embed_arrays(pixels[start:]), range(8)))
+    for start, vectors in enumerate(results):
+        assert np.allclose(vectors, expected[start:], atol=1e-5)

@@ -136,15 +136,19 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
 PREPROCESS = {"short_side": SHORT_SIDE, "crop": CROP, "mean": 127.0, "std": 128.0}
 
 
-def lite0_encoder(cache_dir: Path, threads: int | None = None, int8: bool = True) -> OnnxEncoder:
+def lite0_encoder(
+    cache_dir: Path, threads: int | None = None, int8: bool = True, lanes: int | None = None
+) -> OnnxEncoder:
     """The default encoder: int8 unless `int8=False` (the fp32 model, encoder name
-    efficientnet-lite0-fp32)."""
+    efficientnet-lite0-fp32). `threads` and `lanes` as in OnnxEncoder (default: every core, one
+    lane per core)."""
     encoder = OnnxEncoder(
         ensure_lite0_int8_onnx(cache_dir) if int8 else ensure_lite0_onnx(cache_dir),
         LITE0_INT8_INFO if int8 else LITE0_INFO,
         partial(resize_crop_normalise, **PREPROCESS),  # type: ignore[arg-type]
         min_short_side=SHORT_SIDE,
         threads=threads,
+        lanes=lanes,
     )
     encoder.spec = {"kind": "resize_crop_normalise", "min_short_side": SHORT_SIDE, **PREPROCESS}
     return encoder

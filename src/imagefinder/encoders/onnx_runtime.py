@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,9 +16,23 @@ from PIL import Image
 
 from imagefinder.encoders.base import EncoderInfo, l2_normalise
 
+# Models up to this size get one single-threaded session per core ("lanes", see OnnxEncoder);
+# each lane holds its own copy of the weights, so larger models keep one session.
+LANES_MAX_MODEL_BYTES = 64 * 1024 * 1024
+# Images per encoder run on a lane: past about 8, activations fall out of the CPU caches and each
+# image takes longer (measured in bench/results/encoder_lanes.json).
+LANE_CHUNK = 8
+
 
 class OnnxEncoder:
-    """An `Encoder` whose model is an ONNX file taking (n, 3, h, w) and returning (n, dim)."""
+    """An `Encoder` whose model is an ONNX file taking (n, 3, h, w) and returning (n, dim).
+
+    ONNX Runtime splits one run over several threads poorly for a small convolutional model: on
+    this project's 2-core machine the int8 EfficientNet-Lite0 embeds about 100 images/s with one
+    session on 2 threads, and about 240 with two 1-thread sessions each given half the images. So
+    a small model gets one 1-thread session per core (lanes), and a batch of several images is
+    cut into chunks that the lanes run side by side. A single image (a query's first pass) still
+    runs on one session using every core, which is the quicker way for one image."""
 
     def __init__(
         self,
@@ -24,24 +41,21 @@ class OnnxEncoder:
         preprocess: Callable[[Image.Image], NDArray[np.float32]],
         min_short_side: int,
         threads: int | None = None,
+        lanes: int | None = None,
     ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        # By default ORT's threads spin after each run, waiting for the next; on a 2-core machine
-        # that steals the CPU from the decoding and preprocessing done between runs. Measured on
-        # the dev benchmark: indexing 48 -> 59 images/s, a 3-view query 75 -> 46 ms.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-        self._input = self._session.get_inputs()[0].name
-        # One run at a time: ORT sessions are thread-safe, but two concurrent runs on 2 cores
-        # just fight over the same threads.
-        self._lock = threading.Lock()
+        threads = threads or os.cpu_count() or 1
+        if lanes is None:
+            lanes = threads if model_path.stat().st_size <= LANES_MAX_MODEL_BYTES else 1
+        self._wide = _session(model_path, threads)
+        self._input = self._wide.get_inputs()[0].name
+        # One run at a time on the wide session: ORT sessions are thread-safe, but two concurrent
+        # runs on 2 cores just fight over the same threads.
+        self._wide_lock = threading.Lock()
+        self._lanes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(lanes if lanes > 1 else 0):
+            self._lanes.put(_session(model_path, 1))
+        self._pool = ThreadPoolExecutor(lanes, thread_name_prefix="encoder-lane") if lanes > 1 else None
+        self.lanes = lanes
         self._preprocess = preprocess
         self.info = info
         self.min_short_side = min_short_side
@@ -55,6 +69,36 @@ class OnnxEncoder:
     def embed_arrays(self, batch: NDArray[np.float32]) -> NDArray[np.float32]:
         if batch.shape[0] == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
-        with self._lock:
-            (vectors,) = self._session.run(None, {self._input: batch.astype(np.float32, copy=False)})
+        batch = batch.astype(np.float32, copy=False)
+        if self._pool is None or batch.shape[0] == 1:
+            with self._wide_lock:
+                (vectors,) = self._wide.run(None, {self._input: batch})
+        else:
+            size = min(LANE_CHUNK, -(-batch.shape[0] // self.lanes))
+            chunks = [batch[start : start + size] for start in range(0, batch.shape[0], size)]
+            vectors = np.concatenate(list(self._pool.map(self._on_a_lane, chunks)))
         return l2_normalise(np.asarray(vectors, dtype=np.float32))
+
+    def _on_a_lane(self, chunk: NDArray[np.float32]) -> NDArray[np.float32]:
+        # Concurrent callers (the indexer and API queries) share the lanes: each run takes a free
+        # session and gives it back.
+        session = self._lanes.get()
+        try:
+            (vectors,) = session.run(None, {self._input: chunk})
+        finally:
+            self._lanes.put(session)
+        return np.asarray(vectors)
+
+
+def _session(model_path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # By default ORT's threads spin after each run, waiting for the next; on a 2-core machine
+    # that steals the CPU from the decoding and preprocessing done between runs. Measured on
+    # the dev benchmark: indexing 48 -> 59 images/s, a 3-view query 75 -> 46 ms.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
