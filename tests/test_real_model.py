@@ -135,3 +135,6 @@ def test_lanes_give_the_vectors_of_one_session_in_batch_order(model_cache: Path,
         results = list(pool.map(lambda start: lanes.embed_arrays(pixels[start:]), range(8)))
     for start, vectors in enumerate(results):
         assert np.allclose(vectors, expected[start:], atol=1e-5)
+    # Images preprocessed on the lanes too: the same vectors, in order.
+    assert np.allclose(embed_images(lanes, images[:7]), expected[:7], atol=1e-5)
+    assert embed_images(lanes, []).shape == (0, LITE0_INFO.dim)

@@ -37,7 +37,11 @@ class Encoder(Protocol):
 
 
 def embed_images(encoder: Encoder, images: Sequence[Image.Image]) -> NDArray[np.float32]:
-    """Convenience: preprocess and embed a few images in one call."""
+    """Convenience: preprocess and embed a few images in one call, the encoder's own way when it
+    has one (OnnxEncoder spreads the preprocessing over its lanes)."""
+    own = getattr(encoder, "embed_images", None)
+    if own is not None:
+        return own(images)  # type: ignore[no-any-return]
     if not images:
         return np.zeros((0, encoder.info.dim), dtype=np.float32)
     return encoder.embed_arrays(np.stack([encoder.preprocess(image) for image in images]))
