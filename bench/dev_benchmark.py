@@ -26,6 +26,7 @@ from imagefinder.evaluation.runner import read_ground_truth
 from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.threads import single_threaded_blas
 from imagefinder.wiring import build_configured_encoder, service_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,10 @@ class CountingEncoder:
     def embed_arrays(self, batch: Any) -> Any:
         self.images += len(batch)
         return self._inner.embed_arrays(batch)
+
+    def embed_images(self, images: Any) -> Any:
+        self.images += len(images)
+        return self._inner.embed_images(images)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -109,6 +114,7 @@ def main() -> None:
     )
     parser.add_argument("--encoder", help="Override IMAGEFINDER_ENCODER (e.g. efficientnet-lite0-fp32).")
     args = parser.parse_args()
+    single_threaded_blas()  # as the CLI and the server run
     if not (args.benchmarks / "score.py").is_file():
         sys.exit(f"no development benchmark at {args.benchmarks} (it lives in ../shared/benchmarks)")
     settings = Settings()

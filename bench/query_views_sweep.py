@@ -28,6 +28,7 @@ from imagefinder.encoders.base import l2_normalise
 from imagefinder.evaluation.metrics import full_report
 from imagefinder.evaluation.runner import read_ground_truth
 from imagefinder.images import ImageLimits, decode_image
+from imagefinder.threads import single_threaded_blas
 from imagefinder.whitening import fit_whitening
 from imagefinder.wiring import build_configured_encoder
 
@@ -136,6 +137,7 @@ def main() -> None:
     parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "query_views_sweep.json")
     args = parser.parse_args()
+    single_threaded_blas()  # as the CLI and the server run
     if not (args.benchmarks / "score.py").is_file():
         sys.exit(f"no development benchmark at {args.benchmarks} (it lives in ../shared/benchmarks)")
     encoder = build_configured_encoder(Settings())

@@ -36,6 +36,7 @@ from imagefinder.encoders.lite0 import lite0_encoder  # noqa: E402
 from imagefinder.images import decode_image  # noqa: E402
 from imagefinder.sources import FolderSource  # noqa: E402
 from imagefinder.stores.embedded import EmbeddedStore  # noqa: E402
+from imagefinder.threads import single_threaded_blas  # noqa: E402
 from imagefinder.views import extra_views  # noqa: E402
 from imagefinder.wiring import service_for  # noqa: E402
 
@@ -54,6 +55,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=40)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "search_breakdown.json")
     args = parser.parse_args()
+    single_threaded_blas()  # as the CLI and the server run
     models = Settings(home=Path("~/.imagefinder")).model_cache_dir
     encoders = {threads: lite0_encoder(models, threads=threads) for threads in (1, 2)}
     with tempfile.TemporaryDirectory() as tmp:

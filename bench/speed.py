@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=120)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
     args = parser.parse_args()
+    from imagefinder.threads import single_threaded_blas
+
+    single_threaded_blas()  # as the CLI and the server run
     from tests.live import serving
 
     from imagefinder.config import Settings

@@ -126,11 +126,15 @@ def test_lanes_give_the_vectors_of_one_session_in_batch_order(model_cache: Path,
     from imagefinder.encoders.lite0 import lite0_encoder
 
     lanes, single = lite0_encoder(model_cache, lanes=2), lite0_encoder(model_cache, lanes=1)
-    assert lanes.lanes == 2 and single.lanes == 1
+    chunks: list[int] = []
+    on_a_lane = lanes._on_a_lane
+    lanes._on_a_lane = lambda chunk: chunks.append(len(chunk)) or on_a_lane(chunk)  # type: ignore[method-assign]
     images = [Image.open(p).convert("RGB") for p in sorted(photos.iterdir())]
     pixels = np.stack([lanes.preprocess(image) for image in images])  # 17 photos: chunks 8, 8, 1
     expected = single.embed_arrays(pixels)
     assert np.allclose(lanes.embed_arrays(pixels), expected, atol=1e-5)
+    assert chunks == [8, 8, 1]  # the lanes ran it, in chunks of at most 8
+    assert np.allclose(lanes.embed_arrays(pixels[:1]), expected[:1], atol=1e-5) and len(chunks) == 3
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda start: lanes.embed_arrays(pixels[start:]), range(8)))
     for start, vectors in enumerate(results):
@@ -138,3 +142,26 @@ def test_lanes_give_the_vectors_of_one_session_in_batch_order(model_cache: Path,
     # Images preprocessed on the lanes too: the same vectors, in order.
     assert np.allclose(embed_images(lanes, images[:7]), expected[:7], atol=1e-5)
     assert embed_images(lanes, []).shape == (0, LITE0_INFO.dim)
+
+
+def test_the_int8_file_is_reused_without_the_fp32_one_and_stale_parts_go(
+    tmp_path: Path, model_cache: Path, real_encoder: OnnxEncoder
+) -> None:
+    """A cache holding only the int8 model (copied to a serving machine) needs no fp32 export and
+    no torch; a partial file left by a build killed midway is removed by the next build."""
+    from imagefinder.encoders.lite0 import lite0_encoder
+
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    int8 = ensure_lite0_int8_onnx(model_cache)
+    (serving / int8.name).write_bytes(int8.read_bytes())
+    assert lite0_encoder(serving).model_path == serving / int8.name
+    assert sorted(p.name for p in serving.iterdir()) == [int8.name]
+
+    building = tmp_path / "building"
+    building.mkdir()
+    fp32 = ensure_lite0_onnx(model_cache)
+    (building / fp32.name).write_bytes(fp32.read_bytes())
+    (building / f"{int8.stem}.99999.tmp").write_bytes(b"half a model")
+    assert ensure_lite0_int8_onnx(building).read_bytes() == int8.read_bytes()  # deterministic
+    assert not list(building.glob("*.tmp"))

@@ -211,3 +211,15 @@ def test_milvus_unreachable_is_a_clear_error() -> None:
 
     with pytest.raises(StoreUnavailableError, match="127.0.0.1:9"):
         MilvusStore("http://127.0.0.1:9", "nothing_here", timeout_s=2)
+
+
+def test_an_index_of_the_fp32_encoder_says_how_to_keep_using_it(tmp_path: Path) -> None:
+    """Indexes built before int8 became the default record efficientnet-lite0 v2: the refusal
+    names the setting that serves them."""
+    from imagefinder.encoders.lite0 import LITE0_INFO, LITE0_INT8_INFO
+
+    store = EmbeddedStore(tmp_path / "old")
+    store.bind_encoder(LITE0_INFO)
+    store.upsert(["a"], np.ones((1, LITE0_INFO.dim), dtype=np.float32), [{}])
+    with pytest.raises(EncoderMismatchError, match="IMAGEFINDER_ENCODER=efficientnet-lite0-fp32"):
+        store.bind_encoder(LITE0_INT8_INFO)

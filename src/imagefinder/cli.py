@@ -15,6 +15,7 @@ import click
 
 from imagefinder.config import Settings
 from imagefinder.errors import ImageFinderError
+from imagefinder.threads import single_threaded_blas
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,14 +53,15 @@ def _user_errors(function: F) -> F:
 )
 @click.option(
     "--model",
-    help="Image encoder: efficientnet-lite0 (default), hf:<Hugging Face id or local folder>, or a "
-    "registered version models:/imagefinder-encoder/3 (or $IMAGEFINDER_ENCODER). An index stays "
-    "tied to the model that built it.",
+    help="Image encoder: efficientnet-lite0 (default, int8), efficientnet-lite0-fp32, "
+    "hf:<Hugging Face id or local folder>, or a registered version models:/imagefinder-encoder/3 "
+    "(or $IMAGEFINDER_ENCODER). An index stays tied to the model that built it.",
 )
 @click.version_option(package_name="imagefinder")
 @click.pass_context
 def main(ctx: click.Context, home: Path | None, store_location: str | None, model: str | None) -> None:
     """ImageFinder: index a collection of images, then find the ones that look like a query."""
+    single_threaded_blas()
     overrides: dict[str, Any] = {}
     if home is not None:
         overrides["home"] = home
@@ -649,7 +651,10 @@ def make_benchmark_command(source: Path, out: Path, seed: int, families: str | N
 def models() -> None:
     """List the encoders an index can be built with, and Hugging Face models already downloaded."""
     click.echo(
-        "efficientnet-lite0      the default: ImageNet EfficientNet-Lite0 (1280-d, GeM), works offline"
+        "efficientnet-lite0      the default: ImageNet EfficientNet-Lite0 (1280-d, GeM), int8, works offline"
+    )
+    click.echo(
+        "efficientnet-lite0-fp32 the same network unquantised (indexes built before int8 was the default)"
     )
     click.echo("hf:<id or folder>       any transformers vision model: ViT (CLS or mean), CLIP and SigLIP")
     click.echo("                        (projected; text search), DINOv2 (CLS + patch mean), e.g.")

@@ -40,17 +40,6 @@ def open_store_at(location: str, settings: Settings) -> VectorStore:
     )
 
 
-def single_threaded_blas() -> None:
-    """numpy's BLAS to one thread, for the whole process. Its idle threads spin after each call,
-    and on a 2-core machine they take the cores from the encoder run that follows: after index
-    searches at 100k vectors, a query's 7 extra views took 53 ms to embed instead of 31, and the
-    query 82 ms instead of 58 (bench/search_breakdown.py). The matrix products between encoder
-    runs are small, so one thread costs them little."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=1, user_api="blas")
-
-
 def build_fetcher(settings: Settings, allow_private: bool) -> HttpFetcher:
     """Collections listed by the operator (CLI) may live on private hosts; URLs sent by API
     clients may not, unless `api.allow_private_urls` says so (server-side request forgery)."""
@@ -95,7 +84,6 @@ def build_service(settings: Settings) -> ImageFinder:
 def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> ImageFinder:
     """A service over a given encoder and store (evaluation runs reuse one encoder for several
     temporary stores), configured from `settings`."""
-    single_threaded_blas()
     return ImageFinder(
         encoder,
         store,

@@ -63,29 +63,34 @@ def lite0_weights_path() -> Path:
 def ensure_lite0_onnx(cache_dir: Path) -> Path:
     """Return the cached fp32 ONNX file, exporting it once (needs torch that once)."""
 
-    def export(target: Path) -> None:
+    target = cache_dir / f"{LITE0_INFO.name}-v{LITE0_INFO.version}.onnx"
+
+    def export(partial_path: Path) -> None:
         try:
             from imagefinder.encoders.efficientnet_lite import export_onnx
         except ImportError as exc:
             raise ModelUnavailableError(
-                f"{target.name} is not built yet and torch, needed once to build it, is not installed"
+                f"{target} is not built yet and torch, needed once to build it, is not installed"
             ) from exc
-        export_onnx(lite0_weights_path(), target, CROP)
+        export_onnx(lite0_weights_path(), partial_path, CROP)
 
-    return _build_once(cache_dir / f"{LITE0_INFO.name}-v{LITE0_INFO.version}.onnx", export)
+    return _build_once(target, export)
 
 
 def ensure_lite0_int8_onnx(cache_dir: Path) -> Path:
-    """Return the cached int8 ONNX file, quantising the fp32 one once (about 10 s)."""
+    """Return the cached int8 ONNX file, quantising the fp32 one once (about 10 s). Once it
+    exists, neither the fp32 file nor torch is needed (a cache copied to a serving machine)."""
+    target = cache_dir / f"{LITE0_INT8_INFO.name}-v{LITE0_INT8_INFO.version}.onnx"
+    if target.exists():
+        return target
+    fp32 = ensure_lite0_onnx(cache_dir)  # before taking the lock, which its build takes too
 
-    fp32 = ensure_lite0_onnx(cache_dir)  # first: both builds take the same lock
-
-    def quantise(target: Path) -> None:
+    def quantise(partial_path: Path) -> None:
         from imagefinder.encoders.quantise import quantise_static
 
-        quantise_static(fp32, target, "pixels", calibration_pixels())
+        quantise_static(fp32, partial_path, "pixels", calibration_pixels())
 
-    return _build_once(cache_dir / f"{LITE0_INT8_INFO.name}-v{LITE0_INT8_INFO.version}.onnx", quantise)
+    return _build_once(target, quantise)
 
 
 def calibration_pixels() -> list[NDArray[np.float32]]:
@@ -98,7 +103,10 @@ def calibration_pixels() -> list[NDArray[np.float32]]:
     for name in DEMO_PHOTOS:
         path = skimage_data_dir() / name
         if not path.is_file():
-            continue
+            # Fewer photos would quantise to another model under the same version.
+            raise ModelUnavailableError(
+                f"{path} is missing: the int8 encoder is calibrated on all of scikit-image's photos"
+            )
         with Image.open(path) as opened:
             photo = opened.convert("RGB")
         quarter = photo.crop((0, 0, photo.width // 2, photo.height // 2))
@@ -122,6 +130,9 @@ def _build_once(target: Path, build: Callable[[Path], None]) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():
             return target
+        # Left by a process killed mid-build: under the lock, nobody else is writing them.
+        for stale in target.parent.glob(f"{target.stem}.*.tmp"):
+            stale.unlink(missing_ok=True)
         partial_path = target.with_suffix(f".{os.getpid()}.tmp")
         try:
             build(partial_path)

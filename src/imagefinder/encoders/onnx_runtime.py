@@ -43,13 +43,14 @@ class OnnxEncoder:
         threads: int | None = None,
         lanes: int | None = None,
     ) -> None:
-        threads = threads or os.cpu_count() or 1
+        threads = threads or len(os.sched_getaffinity(0)) or 1  # the cores this process may use
         if lanes is None:
             lanes = threads if model_path.stat().st_size <= LANES_MAX_MODEL_BYTES else 1
         self._wide = _session(model_path, threads)
         self._input = self._wide.get_inputs()[0].name
         # One run at a time on the wide session: ORT sessions are thread-safe, but two concurrent
-        # runs on 2 cores just fight over the same threads.
+        # runs on 2 cores just fight over the same threads. (A wide run may overlap lane runs of
+        # another caller; that shares the cores but keeps a single query from waiting.)
         self._wide_lock = threading.Lock()
         self._lanes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         for _ in range(lanes if lanes > 1 else 0):

@@ -103,11 +103,21 @@ def same_encoder(current: EncoderInfo | None, info: EncoderInfo) -> bool:
     )
 
 
+# The IMAGEFINDER_ENCODER value that makes the built-in encoders' vectors, by (name, version): an
+# index built before int8 became the default says "efficientnet-lite0" v2, now the fp32 setting.
+BUILT_IN_ENCODER_SETTINGS = {
+    ("efficientnet-lite0", "2"): "efficientnet-lite0-fp32",
+    ("efficientnet-lite0", "2-int8"): "efficientnet-lite0",
+}
+
+
 def refuse_other_encoder(current: EncoderInfo, info: EncoderInfo, where: str, instead: str) -> NoReturn:
+    setting = BUILT_IN_ENCODER_SETTINGS.get((current.name, current.version))
+    keep = f"set IMAGEFINDER_ENCODER={setting} (--model {setting}) to use it, " if setting else ""
     raise EncoderMismatchError(
         f"the index at {where} was built with encoder {current.name} v{current.version} "
         f"({current.dim}-d) and cannot be searched or extended with {info.name} v{info.version} "
-        f"({info.dim}-d); use {instead} or rebuild the index"
+        f"({info.dim}-d); {keep}use {instead} or rebuild the index"
     )
 
 
