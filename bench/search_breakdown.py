@@ -28,10 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from speed import make_photos, two_megapixel_queries  # noqa: E402
+from speed import make_photos, random_store, two_megapixel_queries  # noqa: E402
 
 from imagefinder.config import Settings  # noqa: E402
-from imagefinder.encoders.base import l2_normalise  # noqa: E402
 from imagefinder.encoders.lite0 import lite0_encoder  # noqa: E402
 from imagefinder.images import decode_image  # noqa: E402
 from imagefinder.sources import FolderSource  # noqa: E402
@@ -102,12 +101,7 @@ def main() -> None:
         # The index searches at 100k vectors (random unit vectors, whitened to 256 dims and
         # searched through the approximate index, as `make bench` builds them).
         big_settings = Settings(home=work / "big", query_views="single")
-        big = EmbeddedStore(big_settings.store_dir)
-        big.bind_encoder(encoder.info)
-        rng = np.random.default_rng(0)
-        for start in range(0, 100_000, 10_000):
-            vectors = l2_normalise(rng.normal(size=(10_000, encoder.info.dim)).astype(np.float32))
-            big.upsert([f"v{start + i}" for i in range(10_000)], vectors, [{}] * 10_000)
+        big = random_store(big_settings.store_dir, encoder.info)
         service_for(big_settings, encoder, big).refit(force=True)
         big.optimise()
         stages["index_search_k3_at_100k"] = median_ms(lambda i: big.search(vector, 3))

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -124,6 +125,22 @@ def latencies(run, queries: list[bytes], n: int = 200) -> dict[str, float]:  # t
     return {"p50_ms": round(statistics.median(times), 2), "p99_ms": round(percentile(times, 0.99), 2)}
 
 
+def random_store(directory: Path, info: Any, count: int = 100_000) -> Any:
+    """An embedded store of `count` random unit vectors (ids v0, v1, ...) standing in for as
+    many images: far from every real photo, so a query finds no copy among them."""
+    from imagefinder.encoders.base import l2_normalise
+    from imagefinder.stores.embedded import EmbeddedStore
+
+    store = EmbeddedStore(directory)
+    store.bind_encoder(info)
+    rng = np.random.default_rng(0)
+    for start in range(0, count, 10_000):
+        size = min(10_000, count - start)
+        vectors = l2_normalise(rng.normal(size=(size, info.dim)).astype(np.float32))
+        store.upsert([f"v{start + i}" for i in range(size)], vectors, [{}] * size)
+    return store
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--photos", type=int, default=120)
@@ -135,7 +152,7 @@ def main() -> None:
     from tests.live import serving
 
     from imagefinder.config import Settings
-    from imagefinder.encoders.base import embed_images, l2_normalise
+    from imagefinder.encoders.base import embed_images
     from imagefinder.sources import FolderSource
     from imagefinder.stores.embedded import EmbeddedStore
     from imagefinder.wiring import build_configured_encoder, service_for
@@ -176,12 +193,7 @@ def main() -> None:
         # plus the vectors of the query photos: first with them (the first pass finds the copy),
         # then without them (with query_views=adaptive the second pass of 7 more views runs).
         big_settings = Settings(home=work / "bighome")
-        big = EmbeddedStore(big_settings.store_dir)
-        big.bind_encoder(encoder.info)
-        rng = np.random.default_rng(0)
-        for start in range(0, 100_000, 10_000):
-            vectors = l2_normalise(rng.normal(size=(10_000, encoder.info.dim)).astype(np.float32))
-            big.upsert([f"v{start + i}" for i in range(10_000)], vectors, [{}] * 10_000)
+        big = random_store(big_settings.store_dir, encoder.info)
         originals = [p.name for p in paths[: len(queries)]]
         big.upsert(
             originals, embed_images(encoder, [Image.open(p) for p in paths[: len(queries)]]), [{}] * 20
