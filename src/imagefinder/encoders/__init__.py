@@ -11,18 +11,26 @@ from imagefinder.errors import ModelUnavailableError
 # (for indexes built before int8 became the default, and for CPUs without fast int8).
 KNOWN_ENCODERS = ("efficientnet-lite0", "efficientnet-lite0-fp32")
 
-__all__ = ["KNOWN_ENCODERS", "Encoder", "EncoderInfo", "build_encoder", "embed_images"]
+__all__ = ["KNOWN_ENCODERS", "Encoder", "EncoderInfo", "build_encoder", "embed_images", "setting_for"]
+
+# The IMAGEFINDER_ENCODER value that makes a built-in encoder's vectors, by (name, version): an
+# index built before int8 became the default says "efficientnet-lite0" v2, now the fp32 setting.
+_BUILT_IN_SETTINGS = {
+    ("efficientnet-lite0", "2"): "efficientnet-lite0-fp32",
+    ("efficientnet-lite0", "2-int8"): "efficientnet-lite0",
+}
+
+
+def setting_for(info: EncoderInfo) -> str | None:
+    """The encoder setting that serves an index built with `info`, for built-in encoders."""
+    return _BUILT_IN_SETTINGS.get((info.name, info.version))
 
 
 def build_encoder(name: str, cache_dir: Path, pooling: str = "auto", device: str = "auto") -> Encoder:
-    if name in ("efficientnet-lite0", "default"):
+    if name in ("efficientnet-lite0", "default", "efficientnet-lite0-fp32"):
         from imagefinder.encoders.lite0 import lite0_encoder
 
-        return lite0_encoder(cache_dir)
-    if name == "efficientnet-lite0-fp32":
-        from imagefinder.encoders.lite0 import lite0_encoder
-
-        return lite0_encoder(cache_dir, int8=False)
+        return lite0_encoder(cache_dir, int8=name != "efficientnet-lite0-fp32")
     if name.startswith("hf:"):
         from imagefinder.encoders.huggingface import load_hf_encoder
 

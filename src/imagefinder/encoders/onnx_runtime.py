@@ -75,29 +75,32 @@ class OnnxEncoder:
             with self._wide_lock:
                 (vectors,) = self._wide.run(None, {self._input: batch})
         else:
-            size = self._chunk_size(batch.shape[0])
-            chunks = [batch[start : start + size] for start in range(0, batch.shape[0], size)]
-            vectors = np.concatenate(list(self._pool.map(self._on_a_lane, chunks)))
+            vectors = self._on_lanes(batch, self._on_a_lane)
         return l2_normalise(np.asarray(vectors, dtype=np.float32))
 
     def embed_images(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
         """Preprocess and embed a few images (a query's extra views). With lanes, each lane also
         preprocesses its own chunk: Pillow resizes without holding the GIL, so 7 views are
         prepared side by side too."""
-        if self._pool is None or len(images) < 2:
-            if not images:
-                return np.zeros((0, self.info.dim), dtype=np.float32)
-            return self.embed_arrays(np.stack([self.preprocess(image) for image in images]))
-        size = self._chunk_size(len(images))
-        chunks = [images[start : start + size] for start in range(0, len(images), size)]
-        prepared = self._pool.map(lambda chunk: self._on_a_lane(self._stack(chunk)), chunks)
-        return l2_normalise(np.concatenate(list(prepared)).astype(np.float32, copy=False))
+        if not images:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
+        if self._pool is None or len(images) == 1:
+            return self.embed_arrays(self._stack(images))
+        vectors = self._on_lanes(images, lambda chunk: self._on_a_lane(self._stack(chunk)))
+        return l2_normalise(np.asarray(vectors, dtype=np.float32))
 
     def _stack(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
         return np.stack([self.preprocess(image) for image in images]).astype(np.float32, copy=False)
 
-    def _chunk_size(self, count: int) -> int:
-        return min(LANE_CHUNK, -(-count // self.lanes))
+    def _on_lanes(
+        self, items: Sequence[Any], run: Callable[[Any], NDArray[np.float32]]
+    ) -> NDArray[np.float32]:
+        """`run` over chunks of at most LANE_CHUNK items, spread evenly over the lanes, side by
+        side; the results joined in order."""
+        assert self._pool is not None
+        size = min(LANE_CHUNK, -(-len(items) // self.lanes))
+        chunks = [items[start : start + size] for start in range(0, len(items), size)]
+        return np.concatenate(list(self._pool.map(run, chunks)))
 
     def _on_a_lane(self, chunk: NDArray[np.float32]) -> NDArray[np.float32]:
         # Concurrent callers (the indexer and API queries) share the lanes: each run takes a free

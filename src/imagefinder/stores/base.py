@@ -9,6 +9,7 @@ from typing import Any, NoReturn, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from imagefinder.encoders import setting_for
 from imagefinder.encoders.base import EncoderInfo
 from imagefinder.errors import EncoderMismatchError, InvalidFilterError
 
@@ -103,16 +104,8 @@ def same_encoder(current: EncoderInfo | None, info: EncoderInfo) -> bool:
     )
 
 
-# The IMAGEFINDER_ENCODER value that makes the built-in encoders' vectors, by (name, version): an
-# index built before int8 became the default says "efficientnet-lite0" v2, now the fp32 setting.
-BUILT_IN_ENCODER_SETTINGS = {
-    ("efficientnet-lite0", "2"): "efficientnet-lite0-fp32",
-    ("efficientnet-lite0", "2-int8"): "efficientnet-lite0",
-}
-
-
 def refuse_other_encoder(current: EncoderInfo, info: EncoderInfo, where: str, instead: str) -> NoReturn:
-    setting = BUILT_IN_ENCODER_SETTINGS.get((current.name, current.version))
+    setting = setting_for(current)
     keep = f"set IMAGEFINDER_ENCODER={setting} (--model {setting}) to use it, " if setting else ""
     raise EncoderMismatchError(
         f"the index at {where} was built with encoder {current.name} v{current.version} "
