@@ -26,12 +26,31 @@ def collection(n: int, seed: int = 0) -> np.ndarray:
 
 def test_fit_whitening_equalises_the_spread() -> None:
     vectors = collection(400)
-    fitted = fit_whitening(vectors, power=1.0)  # full whitening: unit variance in every direction
+    # Full, unregularised whitening: unit variance in every direction.
+    fitted = fit_whitening(vectors, power=1.0, regularisation=0.0)
     assert fitted is not None
     mean, projection = fitted
     assert projection.shape == (16, 16)
     variances = ((vectors - mean) @ projection).var(axis=0, ddof=1)
     assert np.allclose(variances, 1.0, atol=1e-3)
+
+
+def test_regularisation_amplifies_the_weak_directions_less() -> None:
+    vectors = collection(400)
+    centred = (vectors - vectors.mean(axis=0)).astype(np.float64)
+    values = np.sort(np.linalg.eigvalsh(centred.T @ centred / 399))[::-1]
+    spreads = []
+    for regularisation in (0.0, 0.5, 2.0):
+        fitted = fit_whitening(vectors, power=0.5, regularisation=regularisation)
+        assert fitted is not None
+        mean, projection = fitted
+        variances = ((vectors - mean) @ projection).var(axis=0, ddof=1)
+        # Each direction's variance lambda becomes lambda / (lambda + r * mean(lambda))^power.
+        expected = values / (values + regularisation * values.mean()) ** 0.5
+        assert np.allclose(variances, expected, rtol=1e-3)
+        spreads.append(np.ptp(np.log(variances)))
+    # The larger the floor, the less the weakest direction is raised towards the strongest.
+    assert spreads[0] < spreads[1] < spreads[2]
 
 
 def test_small_collections_and_power_zero_are_left_raw() -> None:

@@ -6,6 +6,13 @@ so what tells images apart counts more. Fitted on the collection only, never on 
 on the dev benchmark with GeM vectors: power 0.25 raised near-duplicate recall@1 0.868 -> 0.887 and
 micro-AP 0.787 -> 0.864, same_class mAP 0.665 -> 0.672; power 0.5 helped copies more but hurt
 same_class (0.606), so 0.25 is the default. No cost per query beyond one small matrix product.
+
+The eigenvalues are regularised before the power is applied: each gets REGULARISATION times the
+mean kept eigenvalue added. A collection of a few hundred images estimates its weakest directions
+poorly, and plain whitening amplifies them most; the added floor keeps them from drowning the
+directions that tell images apart. On the dev benchmark (int8 encoder, adaptive query views) it
+raised same_class mAP 0.675 -> 0.686 (25 of its 30 queries gained) at equal near-duplicate
+recall@1 (0.9295), micro-AP 0.912 -> 0.907.
 """
 
 from __future__ import annotations
@@ -17,12 +24,18 @@ DEFAULT_POWER = 0.25
 # Directions kept: the approximate index stores one byte per direction, so 256 keeps a million
 # images at about 300 bytes each in memory. The leading directions carry nearly all the variance.
 DEFAULT_DIMS = 256
+# The floor added to every eigenvalue, as a fraction of their mean (0: plain whitening). Dev
+# benchmark, single view, fp32: 0 -> 0.5 -> 1.0 gave same_class mAP 0.672 -> 0.681 -> 0.686.
+REGULARISATION = 0.5
 # Fewer images than this give a covariance too noisy to trust: search the raw vectors.
 MIN_IMAGES = 50
 
 
 def fit_whitening(
-    vectors: NDArray[np.float32], power: float = DEFAULT_POWER, max_dims: int = DEFAULT_DIMS
+    vectors: NDArray[np.float32],
+    power: float = DEFAULT_POWER,
+    max_dims: int = DEFAULT_DIMS,
+    regularisation: float = REGULARISATION,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
     """(mean, projection) with whitened = l2n((x - mean) @ projection); None for small collections.
     Keeps at most `max_dims` directions, and at most n - 1: n images span no more."""
@@ -36,5 +49,6 @@ def fit_whitening(
     order = np.argsort(values)[::-1]
     values, directions = np.maximum(values[order], 0.0), directions[:, order]
     keep = min(n - 1, max_dims, int((values > 1e-10).sum()))
-    projection = directions[:, :keep] * np.maximum(values[:keep], 1e-12) ** (-power / 2)
+    values = values[:keep] + regularisation * values[:keep].mean()
+    projection = directions[:, :keep] * np.maximum(values, 1e-12) ** (-power / 2)
     return mean.astype(np.float32), projection.astype(np.float32)
