@@ -97,10 +97,17 @@ def encoder_only(encoder, paths: list[Path]) -> float:  # type: ignore[no-untype
     prepared = [
         encoder.preprocess(decode_image(p.read_bytes(), ImageLimits(), min_short_side=256)) for p in paths
     ]
-    started = time.perf_counter()
-    for start in range(0, len(prepared), BATCH):
-        encoder.embed_arrays(np.stack(prepared[start : start + BATCH]))
-    return len(prepared) / (time.perf_counter() - started)
+    batches = [np.stack(prepared[start : start + BATCH]) for start in range(0, len(prepared), BATCH)]
+    encoder.embed_arrays(batches[0])  # warm-up: the first runs of fresh sessions are slower
+    # A ceiling is the best the encoder can do: the best of three passes, so a noisy pass on
+    # this shared machine does not lower it (and flatter the ratio against it).
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        for batch in batches:
+            encoder.embed_arrays(batch)
+        best = min(best, time.perf_counter() - started)
+    return len(prepared) / best
 
 
 def two_megapixel_queries(folder: Path, start: int = 0, count: int = 20) -> list[bytes]:

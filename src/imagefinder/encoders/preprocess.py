@@ -15,11 +15,17 @@ def resize_crop_normalise(
     width, height = image.size
     scale = short_side / min(width, height)
     new_size = (max(crop, round(width * scale)), max(crop, round(height * scale)))
-    # reducing_gap lets Pillow shrink large images in cheap integer steps first; the result
-    # differs from a single bicubic pass by far less than JPEG noise.
-    resized = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     left = (new_size[0] - crop) // 2
     top = (new_size[1] - crop) // 2
-    cropped = resized.crop((left, top, left + crop, top + crop))
-    pixels = np.asarray(cropped, dtype=np.float32)
-    return np.ascontiguousarray(((pixels - mean) / std).transpose(2, 0, 1))
+    # Resample only the centre crop: `box` is that crop in the source's coordinates, so the
+    # pixels cut away are never computed (about 2x quicker on a 4:3 photo), and the result
+    # equals resize-then-crop up to rounding. reducing_gap lets Pillow shrink large images in
+    # cheap integer steps first; that differs from one bicubic pass by far less than JPEG noise.
+    x_step, y_step = width / new_size[0], height / new_size[1]
+    box = (left * x_step, top * y_step, (left + crop) * x_step, (top + crop) * y_step)
+    cropped = image.resize((crop, crop), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
+    # Channels first while still uint8 (a quarter of the bytes to move), then normalise in place.
+    pixels = np.asarray(cropped).transpose(2, 0, 1).astype(np.float32)
+    pixels -= mean
+    pixels *= 1.0 / std
+    return pixels
