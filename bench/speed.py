@@ -150,7 +150,7 @@ def random_store(directory: Path, info: Any, count: int = 100_000) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--photos", type=int, default=120)
+    parser.add_argument("--photos", type=int, default=300)  # "a few hundred", as issue 6 asks
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "speed.json")
     args = parser.parse_args()
     from imagefinder.threads import single_threaded_blas
