@@ -12,7 +12,7 @@ path in-process, and through POST /search on a real server; the same two against
 index (random unit vectors, whitened and searched through the approximate index, as after an
 index run).
 
-usage: python bench/speed.py [--photos 120] [--out bench/results/speed.json]
+usage: python bench/speed.py [--photos 300] [--out bench/results/speed.json]
 """
 
 from __future__ import annotations

@@ -23,7 +23,10 @@ def resize_then_crop(image: Image.Image) -> np.ndarray:
     return ((pixels - 127.0) / 128.0).transpose(2, 0, 1)
 
 
-@pytest.mark.parametrize("size", [(1200, 900), (700, 1300), (256, 256), (300, 257), (120, 90), (2000, 300)])
+SIZES = [(1200, 900), (700, 1300), (256, 256), (300, 257), (120, 90), (2000, 300), (4000, 3000)]
+
+
+@pytest.mark.parametrize("size", SIZES)
 def test_the_crop_equals_resize_then_crop(size: tuple[int, int]) -> None:
     with Image.open(skimage_data_dir() / "astronaut.png") as opened:
         image = opened.convert("RGB").resize(size, Image.Resampling.BILINEAR)
@@ -32,3 +35,10 @@ def test_the_crop_equals_resize_then_crop(size: tuple[int, int]) -> None:
     difference = np.abs(pixels - resize_then_crop(image)) * 128  # in grey levels
     # Rounding only: at most a grey level or two, on a minority of pixels (measured: 1 and 12 %).
     assert difference.max() <= 2 and difference.mean() < 0.25
+
+
+def test_without_crop_only_it_is_resize_then_crop_exactly() -> None:
+    with Image.open(skimage_data_dir() / "astronaut.png") as opened:
+        image = opened.convert("RGB").resize((700, 1300), Image.Resampling.BILINEAR)
+    pixels = resize_crop_normalise(image, **SETTINGS, crop_only=False)  # type: ignore[arg-type]
+    assert np.array_equal(pixels, resize_then_crop(image))

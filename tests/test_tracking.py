@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from imagefinder.api import create_app
 from imagefinder.config import ApiSettings, Settings
@@ -132,6 +133,28 @@ def test_the_registered_model_embeds_like_the_encoder(
     )
     assert predicted.shape == (2, 1280)
     np.testing.assert_allclose(predicted, direct, atol=1e-5)
+
+
+def test_a_version_registered_before_crop_only_keeps_its_preprocessing(
+    tmp_path: Path, photos: Path, real_encoder: OnnxEncoder
+) -> None:
+    """Versions registered before the centre crop was resampled on its own have no `crop_only`
+    in their spec: they resize the whole image, then crop, as when their index was built."""
+    from imagefinder.encoders.preprocess import resize_crop_normalise
+    from imagefinder.encoders.pyfunc import encoder_from_files, model_files
+
+    model_files(real_encoder, tmp_path)
+    described = json.loads((tmp_path / "encoder.json").read_text())
+    assert described["spec"]["crop_only"] is True  # what a version registered now records
+    del described["spec"]["crop_only"]
+    (tmp_path / "encoder.json").write_text(json.dumps(described))
+    old = encoder_from_files(real_encoder.model_path, tmp_path / "encoder.json", None)
+    with Image.open(photos / "astronaut.png") as opened:
+        image = opened.convert("RGB").resize((700, 1300))
+    settings = {"short_side": 256, "crop": 224, "mean": 127.0, "std": 128.0}
+    resized_then_cropped = resize_crop_normalise(image, **settings, crop_only=False)  # type: ignore[arg-type]
+    assert np.array_equal(old.preprocess(image), resized_then_cropped)
+    assert not np.array_equal(real_encoder.preprocess(image), resized_then_cropped)  # rounding
 
 
 def test_serving_a_registered_version_pins_the_model(tracked: Path, photos: Path) -> None:

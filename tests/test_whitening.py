@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,13 @@ def collection(n: int, seed: int = 0) -> np.ndarray:
     common = np.zeros(16, dtype=np.float32)
     common[0] = 5.0
     return l2_normalise((common + rng.normal(size=(n, 16))).astype(np.float32))
+
+
+def collection_of(n: int, dim: int) -> np.ndarray:
+    rng = np.random.default_rng(1)
+    return l2_normalise(
+        (np.eye(1, dim, 0, dtype=np.float32) * 5 + rng.normal(size=(n, dim))).astype(np.float32)
+    )
 
 
 def test_fit_whitening_equalises_the_spread() -> None:
@@ -51,6 +59,19 @@ def test_regularisation_amplifies_the_weak_directions_less() -> None:
         spreads.append(np.ptp(np.log(variances)))
     # The larger the floor, the less the weakest direction is raised towards the strongest.
     assert spreads[0] < spreads[1] < spreads[2]
+    # The floor is a fraction of the mean of the *kept* eigenvalues (the strongest ones).
+    mean, projection = fit_whitening(vectors, power=0.5, max_dims=4, regularisation=1.0)  # type: ignore[misc]
+    variances = ((vectors - mean) @ projection).var(axis=0, ddof=1)
+    kept = values[:4]
+    assert np.allclose(variances, kept / (kept + kept.mean()) ** 0.5, rtol=1e-3)
+
+
+def test_identical_vectors_give_no_direction_and_no_warning() -> None:
+    same = np.tile(collection(1), (MIN_IMAGES, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = fit_whitening(same)
+    assert fitted is not None and fitted[1].shape == (16, 0)
 
 
 def test_small_collections_and_power_zero_are_left_raw() -> None:
@@ -100,3 +121,23 @@ def test_the_service_refits_after_each_index_run(tmp_path: Path) -> None:
     off = ImageFinder(FakeEncoder(), EmbeddedStore(tmp_path / "raw"), ImageLimits(), whitening=0.0)
     off.index(FolderSource(folder, 10**7))
     assert off.store.vectors().shape[1] == FakeEncoder.info.dim
+
+
+def test_a_large_collection_refits_on_drift_or_a_new_setting_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past REFIT_ALWAYS_UP_TO, an index run refits only when the collection has grown by a
+    quarter or the whitening settings (or the way of fitting) changed since the last fit."""
+    import imagefinder.service
+
+    monkeypatch.setattr(imagefinder.service, "REFIT_ALWAYS_UP_TO", 10)
+    store = EmbeddedStore(tmp_path / "index")
+    store.bind_encoder(FakeEncoder.info)
+    store.upsert([f"i{n:03d}" for n in range(100)], collection_of(100, FakeEncoder.info.dim), [{}] * 100)
+    ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.25).refit()
+    fitted = store.vectors().copy()
+    ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.25).refit()  # same: kept
+    assert np.array_equal(store.vectors(), fitted)
+    ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.5).refit()  # new power: refitted
+    assert not np.allclose(store.vectors(), fitted, atol=1e-3)
+    assert store.get_meta("whitening_fitted_with") == "power=0.5 dims=256 regularisation=0.5"

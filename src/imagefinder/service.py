@@ -38,7 +38,7 @@ from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Filter, Hit, Payload, VectorStore
 from imagefinder.tracking import ModelRecord
 from imagefinder.views import extra_views, view_source
-from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, fit_whitening
+from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, REGULARISATION, fit_whitening
 
 THUMBNAIL_SIDE = 256
 # Up to this size the whitening is learned again after every index run (seconds at most);
@@ -178,10 +178,14 @@ class ImageFinder:
         n = self.store.count()
         fitted_on = int(self.store.get_meta("whitening_fitted_on") or 0)
         drifted = not (fitted_on / 1.25 <= n <= fitted_on * 1.25)
-        if set_projection is not None and (force or n <= REFIT_ALWAYS_UP_TO or drifted):
+        # A changed setting (or way of fitting) refits a large collection too, not only drift.
+        fitted_with = f"power={self._whitening} dims={self._search_dims} regularisation={REGULARISATION}"
+        changed = self.store.get_meta("whitening_fitted_with") != fitted_with
+        if set_projection is not None and (force or n <= REFIT_ALWAYS_UP_TO or drifted or changed):
             sample = self.store.vectors(projected=False, limit=FIT_SAMPLE)
             set_projection(fit_whitening(sample, self._whitening, self._search_dims))
             self.store.set_meta("whitening_fitted_on", str(n))
+            self.store.set_meta("whitening_fitted_with", fitted_with)
         self.calibrate()
 
     @property

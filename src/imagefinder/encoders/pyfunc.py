@@ -63,6 +63,9 @@ def encoder_from_files(onnx: Path, description: Path, processor: Path | None) ->
     kind = spec.pop("kind")
     min_short_side = int(spec.pop("min_short_side"))
     if kind == "resize_crop_normalise":
+        # Versions registered before `crop_only` existed resized the whole image, then cropped:
+        # served the same way, so a registered version keeps giving the vectors of its index.
+        spec.setdefault("crop_only", False)
         preprocess: Any = partial(resize_crop_normalise, **spec)
     elif kind == "hf" and processor is not None:
         from transformers import AutoImageProcessor
