@@ -5,7 +5,8 @@ and square-ish regions of 0.4, 0.5, 0.6 and 0.7 of the side on a 3 x 3 grid of p
 configuration is then scored in numpy, with the collection whitened as the service does and the
 copy threshold calibrated the same way. "adaptive" configurations add their views only for
 queries whose plain view finds no result above the copy threshold, as `query_views=adaptive`
-does; `views_per_query` counts encoder runs.
+does; `views_per_query` counts encoder runs. The last rows vary the two penalties of the layout
+in use (turned views, regions).
 
 usage: python bench/query_views_sweep.py [--benchmarks ../shared/benchmarks] [--out FILE]  (~7 min)
 """
@@ -129,6 +130,13 @@ def configurations() -> list[tuple[str, list[int], list[float], bool]]:
                 False,
             )
         )
+    # The layout in use, with its two penalties varied: the turned views' penalty was first
+    # chosen before the whitening was regularised, which moved every score.
+    extra = regions(0.5, CORNERS + CENTRE)
+    for turn in (0.0, 0.03, 0.05, 0.07, 0.1, 0.15):
+        for penalty in (0.03, 0.05, 0.07):
+            label = f"adaptive turns + 0.5 corners+centre, turn penalty {turn}, region penalty {penalty}"
+            out.append((label, turns + extra, [turn, turn] + [penalty] * 5, True))
     return out
 
 
