@@ -94,12 +94,24 @@ def reference_pipeline(paths: list[Path]) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def encoder_only(encoder, paths: list[Path]) -> float:  # type: ignore[no-untyped-def]
+def prepare(encoder, paths: list[Path]) -> tuple[list[Any], list[float], list[float]]:  # type: ignore[no-untyped-def]
+    """Decode and preprocess every photo, one at a time on one thread: the model inputs for the
+    ceiling, and the seconds each photo's decode and preprocessing took (for `cpu_profile`)."""
     from imagefinder.images import ImageLimits, decode_image
 
-    prepared = [
-        encoder.preprocess(decode_image(p.read_bytes(), ImageLimits(), min_short_side=256)) for p in paths
-    ]
+    prepared, decode, preprocess = [], [], []
+    for path in paths:
+        data = path.read_bytes()
+        started = time.perf_counter()
+        image = decode_image(data, ImageLimits(), min_short_side=encoder.min_short_side)
+        decoded = time.perf_counter()
+        prepared.append(encoder.preprocess(image))
+        decode.append(decoded - started)
+        preprocess.append(time.perf_counter() - decoded)
+    return prepared, decode, preprocess
+
+
+def encoder_only(encoder, prepared: list[Any]) -> float:  # type: ignore[no-untyped-def]
     batches = [np.stack(prepared[start : start + BATCH]) for start in range(0, len(prepared), BATCH)]
     encoder.embed_arrays(batches[0])  # warm-up: the first runs of fresh sessions are slower
     # A ceiling is the best the encoder can do: the best of three passes, so a noisy pass on
@@ -113,21 +125,10 @@ def encoder_only(encoder, paths: list[Path]) -> float:  # type: ignore[no-untype
     return len(prepared) / best
 
 
-def cpu_profile(encoder, paths: list[Path], ceiling: float) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def cpu_profile(decode: list[float], preprocess: list[float], ceiling: float) -> dict[str, float]:
     """Why indexing cannot reach the ceiling on a small machine: the CPU time one photo needs,
-    stage by stage, each measured alone on one thread. Every stage shares the same cores, so
-    cores / (decode + preprocess + encoder) is the most any overlap can give."""
-    from imagefinder.images import ImageLimits, decode_image
-
-    decode, preprocess = [], []
-    for path in paths:
-        data = path.read_bytes()
-        started = time.perf_counter()
-        image = decode_image(data, ImageLimits(), min_short_side=encoder.min_short_side)
-        decoded = time.perf_counter()
-        encoder.preprocess(image)
-        decode.append(decoded - started)
-        preprocess.append(time.perf_counter() - decoded)
+    stage by stage, each measured alone on one thread (`prepare`). Every stage shares the same
+    cores, so cores / (decode + preprocess + encoder) is the most any overlap can give."""
     cores = len(os.sched_getaffinity(0))
     decode_ms, preprocess_ms = statistics.mean(decode) * 1000, statistics.mean(preprocess) * 1000
     encoder_ms = cores / ceiling * 1000  # core-ms per image at the ceiling, all cores busy
@@ -211,12 +212,14 @@ def main() -> None:
         }
         settings = Settings(home=work / "home")
         encoder = build_configured_encoder(settings.model_copy(update={"home": Path("~/.imagefinder")}))
-        ceiling = encoder_only(encoder, paths)
+        prepared, decode_s, preprocess_s = prepare(encoder, paths)
+        ceiling = encoder_only(encoder, prepared)
+        profile = cpu_profile(decode_s, preprocess_s, ceiling)
+        del prepared  # 300 model inputs: not held through the rest of the run
         service = service_for(settings, encoder, EmbeddedStore(settings.store_dir))
         report = service.index(FolderSource(work / "photos", settings.images.max_bytes))
         ours = report.indexed / report.seconds
         rss_after_index = peak_rss_mb()
-        profile = cpu_profile(encoder, paths, ceiling)
         reference = reference_pipeline(paths)
         queries = two_megapixel_queries(work / "photos")
         service_path = latencies(lambda q: service.search_bytes(q, 3), queries)
