@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,11 @@ bench-quality: install
 	$(BIN)/python bench/dev_benchmark.py --query-views single --out bench/results/dev_benchmark_single_view.json
 	$(BIN)/python bench/dev_benchmark.py --encoder efficientnet-lite0-fp32 --out bench/results/dev_benchmark_fp32.json
 	$(BIN)/python bench/dev_benchmark.py --encoder efficientnet-lite0-fp32 --query-views single --out bench/results/dev_benchmark_fp32_single_view.json
+
+# Fine-tuning on the dev benchmark next to the base, in one run: self-supervised on the
+# near-duplicate collection, supervised (SupCon and proxy softmax) on same_class (~35 min).
+bench-finetune: install
+	$(BIN)/python bench/finetune.py --out bench/results/finetune.json
 
 # Extra query views on the dev benchmark: 39 views embedded once, 30 configurations scored (~7 min).
 bench-views: install

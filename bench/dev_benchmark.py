@@ -54,6 +54,13 @@ class CountingEncoder:
 def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> dict[str, object]:
     limits = service.limits
     report = service.index(FolderSource(task_dir / "collection", limits.max_bytes))
+    scored = score_task(service, task_dir, work, scorer)
+    return {"index": {key: value for key, value in report.to_dict().items() if key != "problems"}, **scored}
+
+
+def score_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> dict[str, object]:
+    """Search every query of the task with `service` (its collection already indexed) and score
+    the ranked lists with the benchmark's own scorer."""
     queries = sorted((task_dir / "queries").iterdir())
     k = service.count()
     results_csv = work / f"{task_dir.name}_results.csv"
@@ -91,7 +98,6 @@ def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> 
         capture_output=True,
     )
     return {
-        "index": {key: value for key, value in report.to_dict().items() if key != "problems"},
         "query_ms_median": round(statistics.median(latencies), 2),
         "query_ms_mean": round(statistics.mean(latencies), 2),
         "query_ms_p90": round(sorted(latencies)[int(0.9 * len(latencies))], 2),

@@ -7,36 +7,15 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
+from imagefinder.cli_support import _settings, _user_errors
 from imagefinder.config import Settings
-from imagefinder.errors import ImageFinderError
 from imagefinder.threads import single_threaded_blas
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings: Settings = ctx.obj
-    return settings
-
-
-def _user_errors(function: F) -> F:
-    """Turn ImageFinder's errors into a one-line message and exit code 1, without a traceback."""
-    import functools
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except ImageFinderError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group()
@@ -304,8 +283,9 @@ def remove(ctx: click.Context, ids: tuple[str, ...]) -> None:
 def info(ctx: click.Context, as_json: bool) -> None:
     """Show the index: image count, the encoder that built it, where it is stored."""
     from imagefinder.calibration import DEFAULT_THRESHOLD
+    from imagefinder.reindex import SERVE_WITH
     from imagefinder.service import recorded_provenance
-    from imagefinder.wiring import open_store
+    from imagefinder.wiring import generations, open_store
 
     settings = _settings(ctx)
     store = open_store(settings)
@@ -314,6 +294,8 @@ def info(ctx: click.Context, as_json: bool) -> None:
         details = {
             "images": store.count(),
             "store": str(store.path),
+            "generation": None if settings.store.uri else generations(settings).current().label,
+            "served_with": store.get_meta(SERVE_WITH) or settings.encoder,
             "search": store.index_stats(),
             "mlflow": recorded_provenance(store),
             "copy_threshold": float(store.get_meta("copy_threshold") or DEFAULT_THRESHOLD),
@@ -333,6 +315,8 @@ def info(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(f"images:  {details['images']}")
     click.echo(f"store:   {details['store']}")
+    if details["generation"]:
+        click.echo(f"generation: {details['generation']} (served with {details['served_with']})")
     stats = details["search"]
     if stats["kind"] == "exact":
         method = "exact"
@@ -365,21 +349,39 @@ def runs(ctx: click.Context, limit: int) -> None:
         metrics = run.data.metrics
         shown = ", ".join(
             f"{key} {metrics[key]:.4g}"
-            for key in ("indexed", "images_in_index", "images_per_s", "recall_at_1", "mAP")
+            for key in ("indexed", "images_in_index", "images_per_s", "recall_at_1", "mAP", "best_epoch")
             if key in metrics
         )
         click.echo(
             f"{run.info.run_id}  {run.data.tags.get('imagefinder.kind', '?'):<8} {run.info.status:<9} "
             f"{run.info.run_name}  {shown}"
         )
+    _echo_versions(tracker)
+
+
+def _echo_versions(tracker: Any) -> None:
+    """The registered encoder versions, each fine-tuned one with its lineage (its base, the
+    training run, the fingerprint of its data, its validation before and after)."""
     click.echo(f"registered versions of {tracker.registered_model}:")
     for version in tracker.list_versions():
+        tags = version.tags
         aliases = f" @{', @'.join(version.aliases)}" if getattr(version, "aliases", None) else ""
         click.echo(
-            f"  v{version.version}{aliases}  {version.tags.get('encoder_name')} "
-            f"v{version.tags.get('encoder_version')}  run {version.run_id}  "
-            f"sha256 {version.tags.get('sha256', '')[:12]}"
+            f"  v{version.version}{aliases}  {tags.get('encoder_name')} "
+            f"v{tags.get('encoder_version')}  run {version.run_id}  "
+            f"sha256 {tags.get('sha256', '')[:12]}"
         )
+        if tags.get("kind") == "finetuned":
+            scores = ", ".join(
+                f"{key[len('before.') :]} {value} -> {tags.get('after.' + key[len('before.') :])}"
+                for key, value in sorted(tags.items())
+                if key.startswith("before.")
+            )
+            click.echo(
+                f"      fine-tuned ({tags.get('training_mode')}) from base {tags.get('base_encoder')}"
+                f"{' = ' + tags['base_model_uri'] if tags.get('base_model_uri') else ''}, "
+                f"data {tags.get('data_fingerprint', '')[:12]}; validation {scores}"
+            )
 
 
 @main.command()
@@ -395,14 +397,16 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from imagefinder.api import create_app
-    from imagefinder.wiring import build_service, image_limits
+    from imagefinder.wiring import build_service, image_limits, serving_token
 
     settings = _settings(ctx)
     api = settings.api.model_copy(
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    app = create_app(lambda: build_service(settings), api, image_limits(settings))
+    app = create_app(
+        lambda: build_service(settings), api, image_limits(settings), follow=serving_token(settings)
+    )
     click.echo(f"ImageFinder: index {settings.store_dir}, encoder {settings.encoder}")
     click.echo(f"Serving on http://{api.host}:{api.port}  (API docs: http://{api.host}:{api.port}/docs)")
     if api.host not in ("127.0.0.1", "localhost", "::1") and not api.api_keys:
@@ -447,6 +451,13 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write an HTML report (worst queries, precision-recall curve) here.",
 )
+@click.option(
+    "--compare",
+    "compare",
+    multiple=True,
+    help="Also score this model (e.g. a registered version models:/imagefinder-encoder/4) on the "
+    "same data in the same run, side by side with --model's; repeatable.",
+)
 @click.pass_context
 @_user_errors
 def evaluate(
@@ -460,14 +471,9 @@ def evaluate(
     use_index: bool,
     json_out: Path | None,
     html_out: Path | None,
+    compare: tuple[str, ...],
 ) -> None:
     """Measure retrieval quality: recall@1/5/10, precision@k, mAP and micro-AP."""
-    from imagefinder.evaluation.report import write_html
-    from imagefinder.evaluation.runner import evaluate_ground_truth, evaluate_labelled, read_groups
-    from imagefinder.service import ImageFinder
-    from imagefinder.stores.embedded import EmbeddedStore
-    from imagefinder.wiring import build_configured_encoder, service_for
-
     settings = _settings(ctx)
     if labelled is None and (
         queries is None or ground_truth is None or (collection is None and not use_index)
@@ -475,6 +481,48 @@ def evaluate(
         raise click.UsageError(
             "give --labelled DIR, or --queries DIR --ground-truth CSV with --collection DIR or --use-index"
         )
+    if compare:
+        if use_index:
+            raise click.UsageError(
+                "--compare indexes --collection once per model; --use-index holds one model's"
+            )
+        from imagefinder.cli_models import compare_models
+
+        compare_models(settings, (settings.encoder, *compare), ctx.params)
+        return
+    _evaluate_one(
+        settings,
+        collection,
+        queries,
+        ground_truth,
+        groups,
+        group_column,
+        labelled,
+        use_index,
+        json_out,
+        html_out,
+    )
+
+
+def _evaluate_one(
+    settings: Settings,
+    collection: Path | None,
+    queries: Path | None,
+    ground_truth: Path | None,
+    groups: Path | None,
+    group_column: str,
+    labelled: Path | None,
+    use_index: bool,
+    json_out: Path | None,
+    html_out: Path | None,
+) -> Any:
+    """Evaluate the configured model, print and track the result; returns the evaluation."""
+    from imagefinder.evaluation.report import write_html
+    from imagefinder.evaluation.runner import evaluate_ground_truth, evaluate_labelled, read_groups
+    from imagefinder.service import ImageFinder
+    from imagefinder.stores.embedded import EmbeddedStore
+    from imagefinder.wiring import build_configured_encoder, service_for
+
     encoder = build_configured_encoder(settings)
 
     def make_service(store_dir: Path) -> ImageFinder:
@@ -522,6 +570,7 @@ def evaluate(
         "labelled": labelled,
     }
     _track_evaluation(settings, evaluation, title, inputs, use_index)
+    return evaluation
 
 
 def _track_evaluation(
@@ -648,8 +697,10 @@ def make_benchmark_command(source: Path, out: Path, seed: int, families: str | N
 
 
 @main.command()
-def models() -> None:
-    """List the encoders an index can be built with, and Hugging Face models already downloaded."""
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """List the encoders an index can be built with, the versions registered in MLflow (with the
+    lineage of fine-tuned ones), and Hugging Face models already downloaded."""
     click.echo(
         "efficientnet-lite0      the default: ImageNet EfficientNet-Lite0 (1280-d, GeM), int8, works offline"
     )
@@ -670,6 +721,12 @@ def models() -> None:
         cached = []
     click.echo(f"downloaded to the Hugging Face cache: {', '.join('hf:' + c for c in cached) or 'none'}")
     click.echo("A new model needs a new index: imagefinder --model hf:... --store NEW_DIR index PATH")
+    settings = _settings(ctx)
+    if settings.tracking.enabled and (settings.tracking.uri or (settings.home_dir / "mlflow.db").exists()):
+        from imagefinder.wiring import mlflow_tracker
+
+        _echo_versions(mlflow_tracker(settings))
+        click.echo("Serve or reindex with a registered version: imagefinder reindex --model models:/NAME/N")
 
 
 @main.command("demo-data")
@@ -680,3 +737,13 @@ def demo_data(target: Path) -> None:
 
     written = write_demo_collection(target)
     click.echo(f"wrote {len(written)} demo photos to {target}")
+
+
+def _register_model_commands() -> None:
+    from imagefinder.cli_models import finetune, reindex, rollback
+
+    for command in (finetune, reindex, rollback):
+        main.add_command(command)
+
+
+_register_model_commands()

@@ -320,6 +320,7 @@ class Indexer:
         payloads = []
         for p in batch:
             payload = image_payload(info, p.hash, p.size, (p.width, p.height), now, uri=p.item.uri)
+            payload.update(p.item.carried)
             optional = {"collection": p.item.collection, "stamp": p.item.stamp, "file": p.kept}
             payload.update({key: value for key, value in optional.items() if value is not None})
             if p.item.meta:

@@ -34,6 +34,9 @@ class SourceItem:
     # Cheap change detector known before reading: "mtime_ns:size" for files; None for URLs.
     stamp: str | None = None
     remote: bool = False
+    # Payload fields carried over from an earlier index generation (its kept copy, when it
+    # was first added), for a re-embedding that must not lose them.
+    carried: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ class TrackedRun(Protocol):
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
-    def log_metrics(self, metrics: Mapping[str, float]) -> None: ...
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None: ...
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None: ...
 
@@ -62,7 +62,9 @@ class Tracker(Protocol):
         """Context manager yielding a `TrackedRun`; a run whose block raises is marked FAILED."""
         ...
 
-    def register_encoder(self, encoder: Any, run: TrackedRun) -> ModelRecord | None: ...
+    def register_encoder(
+        self, encoder: Any, run: TrackedRun, tags: Mapping[str, str] | None = None
+    ) -> ModelRecord | None: ...
 
 
 class _NoRun:
@@ -71,7 +73,7 @@ class _NoRun:
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
 
-    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         pass
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
@@ -90,7 +92,9 @@ class NoTracker:
     def run(self, kind: str, name: str) -> Iterator[TrackedRun]:
         yield _NoRun()
 
-    def register_encoder(self, encoder: Any, run: TrackedRun) -> ModelRecord | None:
+    def register_encoder(
+        self, encoder: Any, run: TrackedRun, tags: Mapping[str, str] | None = None
+    ) -> ModelRecord | None:
         return None
 
 
@@ -105,13 +109,13 @@ class _MlflowRun:
         # MLflow caps a value at 6000 characters; ours are names and numbers.
         self._client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
-    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         from mlflow.entities import Metric
 
         now = _now_ms()
         finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
         self._client.log_batch(
-            self.run_id, metrics=[Metric(metric_key(k), v, now, 0) for k, v in finite.items()]
+            self.run_id, metrics=[Metric(metric_key(k), v, now, step) for k, v in finite.items()]
         )
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
@@ -169,9 +173,12 @@ class MlflowTracker:
             raise
         client.set_terminated(created.info.run_id, "FINISHED")
 
-    def register_encoder(self, encoder: Any, run: TrackedRun) -> ModelRecord | None:
+    def register_encoder(
+        self, encoder: Any, run: TrackedRun, tags: Mapping[str, str] | None = None
+    ) -> ModelRecord | None:
         """The registered version of this encoder, logging and registering it (under the
-        current run) if no version has the same ONNX file yet."""
+        current run) if no version has the same ONNX file yet. `tags` go on a new version
+        (a fine-tuned version's lineage: its base, its data's fingerprint)."""
         model_path = getattr(encoder, "model_path", None)
         if model_path is None or run.run_id is None:
             log.warning("%s has no ONNX file: not registered in MLflow", encoder.info.name)
@@ -209,6 +216,7 @@ class MlflowTracker:
                 "encoder_version": info.version,
                 "dim": str(info.dim),
                 "preprocessing": info.preprocessing,
+                **(tags or {}),
             },
             description=f"{info.name} v{info.version} ({info.dim}-d): {info.preprocessing}",
         )

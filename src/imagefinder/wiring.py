@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,14 @@ from imagefinder.blobs import BlobStore
 from imagefinder.config import Settings
 from imagefinder.encoders import Encoder, build_encoder
 from imagefinder.fetch import FetchSettings, HttpFetcher
+from imagefinder.generations import Generations
 from imagefinder.images import ImageLimits
+from imagefinder.reindex import SERVE_WITH
 from imagefinder.service import ImageFinder
 from imagefinder.stores.base import VectorStore
 from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.tracking import MODEL_URI_PREFIX, MlflowTracker, NoTracker, Tracker
+from imagefinder.training.data import ImageReader
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -22,10 +26,22 @@ def image_limits(settings: Settings) -> ImageLimits:
 
 
 def open_store(settings: Settings) -> VectorStore:
-    """The embedded store in `store.path`, or a Milvus collection when `store.uri` names one."""
+    """The embedded store's served generation under `store.path`, or a Milvus collection when
+    `store.uri` names one."""
     if settings.store.uri:
         return open_store_at(settings.store.uri, settings)
-    return open_store_at(str(settings.store_dir), settings)
+    return open_store_at(str(generations(settings).current().path), settings)
+
+
+def generations(settings: Settings) -> Generations:
+    """The embedded store's index generations (see `imagefinder.generations`)."""
+    return Generations(settings.store_dir)
+
+
+def serving_token(settings: Settings) -> Callable[[], str] | None:
+    """What changes when another generation is switched in, for a server to follow it; None
+    where there are no generations (a Milvus collection)."""
+    return None if settings.store.uri else generations(settings).token
 
 
 def open_store_at(location: str, settings: Settings) -> VectorStore:
@@ -53,6 +69,11 @@ def build_fetcher(settings: Settings, allow_private: bool) -> HttpFetcher:
     )
 
 
+def image_reader(settings: Settings) -> ImageReader:
+    """Reads indexed images again from where the index recorded them (fine-tuning, reindex)."""
+    return ImageReader(image_limits(settings), build_fetcher(settings, allow_private=True).fetch)
+
+
 def build_tracker(settings: Settings) -> Tracker:
     return mlflow_tracker(settings) if settings.tracking.enabled else NoTracker()
 
@@ -77,8 +98,20 @@ def build_configured_encoder(settings: Settings) -> Encoder:
 
 
 def build_service(settings: Settings) -> ImageFinder:
-    encoder = build_configured_encoder(settings)
-    return service_for(settings, encoder, open_store(settings))
+    """The service over the configured index. Unless an encoder is asked for, an index that
+    records the registered model serving it (a fine-tuned version switched in by `reindex`) is
+    served with that model."""
+    store = open_store(settings)
+    try:
+        serve_with = store.get_meta(SERVE_WITH)
+        if serve_with and "encoder" not in settings.model_fields_set:
+            encoder = mlflow_tracker(settings).load_encoder(serve_with)
+        else:
+            encoder = build_configured_encoder(settings)
+        return service_for(settings, encoder, store)
+    except BaseException:
+        store.close()
+        raise
 
 
 def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> ImageFinder:

@@ -35,20 +35,32 @@ ServiceFactory = Callable[[], ImageFinder]
 
 
 def create_app(
-    service: ImageFinder | ServiceFactory, settings: ApiSettings, limits: ImageLimits | None = None
+    service: ImageFinder | ServiceFactory,
+    settings: ApiSettings,
+    limits: ImageLimits | None = None,
+    follow: Callable[[], str] | None = None,
 ) -> FastAPI:
+    """`follow` (with a factory): a function whose value changes when another index generation
+    is switched in; the app then builds the new service in the background and swaps it in,
+    serving the old one until then (see `GenerationFollower`)."""
     limits = service.limits if isinstance(service, ImageFinder) else (limits or ImageLimits())
     max_body = limits.max_bytes + _MULTIPART_OVERHEAD
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        follower = None
         if isinstance(service, ImageFinder):
             _ready(app, service)
+        elif follow is not None:
+            follower = GenerationFollower(app, service, follow)
+            follower.start()
         else:
             threading.Thread(target=_load, args=(app, service), name="load", daemon=True).start()
         yield
-        if app.state.batcher is not None:
-            app.state.batcher.close()
+        if follower is not None:
+            follower.stop()
+        for batcher in list(app.state.batchers.values()):
+            batcher.close()
 
     app = FastAPI(
         title="ImageFinder",
@@ -61,7 +73,7 @@ def create_app(
     app.state.settings = settings
     app.state.service = None
     app.state.load_error = None
-    app.state.batcher = None
+    app.state.batchers = {}  # id(service) -> its MicroBatcher
     app.state.metrics = Metrics(lambda: app.state.service.count() if app.state.service else 0)
     install_error_handlers(app)
     # Starlette spools uploads over 1 MiB to a temporary file; keep uploads up to our own limit
@@ -120,15 +132,77 @@ def create_app(
 
 
 def _ready(app: FastAPI, service: ImageFinder) -> None:
+    """Serve `service` from the next request on (its own micro-batcher with it: a query is
+    embedded by the encoder of the service that searches it)."""
     settings: ApiSettings = app.state.settings
     if settings.micro_batch:
-        app.state.batcher = MicroBatcher(
+        app.state.batchers[id(service)] = MicroBatcher(
             service.embed_prepared,
             max_batch=16,
             max_wait_ms=settings.micro_batch_wait_ms,
             on_batch=app.state.metrics.encoder_batch.observe,
         )
     app.state.service = service
+
+
+def _retire(app: FastAPI, service: ImageFinder) -> None:
+    """Close a service that is no longer served, once the requests that took it have had time
+    to finish."""
+    batcher = app.state.batchers.pop(id(service), None)
+    if batcher is not None:
+        batcher.close()
+    service.close()
+
+
+class GenerationFollower:
+    """Loads the service, then watches `token` and, when it changes (another index generation
+    was switched in), builds the new service in the background and swaps it in. Requests keep
+    being answered by the old service meanwhile and never fail because of the switch; the old
+    one is closed RETIRE_AFTER_S later. A new generation that fails to load is logged and the
+    old one kept."""
+
+    POLL_S = 0.5
+    RETIRE_AFTER_S = 30.0
+
+    def __init__(self, app: FastAPI, factory: ServiceFactory, token: Callable[[], str]) -> None:
+        self._app = app
+        self._factory = factory
+        self._token = token
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="generations", daemon=True)
+        self._log = logging.getLogger("imagefinder.api")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        loaded = self._token()
+        _load(self._app, self._factory)
+        while not self._stop.wait(self.POLL_S):
+            try:
+                token = self._token()
+            except Exception as exc:  # noqa: BLE001  (an unreadable pointer: keep serving, say why)
+                self._log.error("cannot read the served index generation: %s", exc)
+                continue
+            if token == loaded:
+                continue
+            loaded = token
+            try:
+                fresh = self._factory()
+            except Exception as exc:  # noqa: BLE001
+                self._log.error("the new index generation did not load (still serving the old one): %s", exc)
+                continue
+            old = self._app.state.service
+            _ready(self._app, fresh)
+            self._app.state.load_error = None
+            self._log.info("now serving %s v%s", fresh.model.name, fresh.model.version)
+            if old is not None:
+                timer = threading.Timer(self.RETIRE_AFTER_S, _retire, args=(self._app, old))
+                timer.daemon = True
+                timer.start()
 
 
 def _load(app: FastAPI, factory: ServiceFactory) -> None:

@@ -62,7 +62,7 @@ async def embed_prepared(
     request: Request, service: ImageFinder, prepared: NDArray[np.float32]
 ) -> NDArray[np.float32]:
     """One query's vector: through the micro-batcher when it is on, else directly."""
-    batcher = request.app.state.batcher
+    batcher = request.app.state.batchers.get(id(service))
     if batcher is not None:
         vector: NDArray[np.float32] = await batcher.embed(prepared)
         return vector

@@ -1,0 +1,137 @@
+"""Index generations of the embedded store: a new index is built beside the one being served,
+then served from one atomic step on, and the previous one can be served again.
+
+Layout, for the index folder `base` (`<home>/index` unless configured):
+
+    base/                        generation "" : the index as every earlier version laid it out
+    base.generations/g0002/      later generations, one folder each
+    base.generations/CURRENT     {"current": "g0002", "history": ["", "g0002"]}
+
+CURRENT is replaced whole (written beside, fsynced, renamed), so a process killed at any moment
+leaves either the old or the new pointer, never half of one; a generation folder that CURRENT
+never named (a build that was killed) is not served and is removed by the next build. A reader
+notices a switch by `token()`, a stat of CURRENT, cheap enough to call on every request.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from imagefinder.errors import ImageFinderError
+
+
+class GenerationError(ImageFinderError):
+    """A generation cannot be built, switched to or rolled back to (another build running, no
+    previous generation)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    name: str  # "" for the first generation, which lives in the base folder itself
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return self.name or "g0001"
+
+
+class Generations:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.folder = base.with_name(base.name + ".generations")
+        self._pointer = self.folder / "CURRENT"
+
+    def current(self) -> Generation:
+        return self._generation(self._state()["current"])
+
+    def history(self) -> list[Generation]:
+        """Every generation that has been served, oldest first."""
+        return [self._generation(name) for name in self._state()["history"]]
+
+    def token(self) -> str:
+        """Changes whenever the served generation changes."""
+        try:
+            info = self._pointer.stat()
+        except FileNotFoundError:
+            return "base"
+        return f"{info.st_mtime_ns}:{info.st_size}:{info.st_ino}"
+
+    @contextmanager
+    def building(self) -> Iterator[Generation]:
+        """A new, empty generation folder for the duration of a build, under a lock that keeps
+        a second build out. A build that raises (or is killed) leaves nothing that is served."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".build.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise GenerationError("another index generation is being built right now") from None
+            self._remove_unserved()
+            state = self._state()
+            used = [int(m.group(1)) for name in state["history"] if (m := re.fullmatch(r"g(\d+)", name))]
+            generation = self._generation(f"g{max([1, *used]) + 1:04d}")
+            generation.path.mkdir(parents=True)
+            try:
+                yield generation
+            except BaseException:
+                if generation.name not in self._state()["history"]:
+                    shutil.rmtree(generation.path, ignore_errors=True)
+                raise
+
+    def switch(self, generation: Generation) -> None:
+        """Serve `generation` from now on."""
+        state = self._state()
+        history = [name for name in state["history"] if name != generation.name] + [generation.name]
+        self._write({"current": generation.name, "history": history})
+
+    def rollback(self) -> Generation:
+        """Serve the generation served before the current one again."""
+        state = self._state()
+        history = state["history"]
+        if len(history) < 2:
+            raise GenerationError("there is no previous index generation to roll back to")
+        previous = self._generation(history[-2])
+        if not previous.path.is_dir():
+            raise GenerationError(f"the previous generation {previous.label} is gone from {previous.path}")
+        self._write({"current": previous.name, "history": history[:-1]})
+        return previous
+
+    def _generation(self, name: str) -> Generation:
+        return Generation(name, self.folder / name if name else self.base)
+
+    def _state(self) -> dict[str, object]:
+        try:
+            state = json.loads(self._pointer.read_text())
+        except FileNotFoundError:
+            return {"current": "", "history": [""]}
+        except (OSError, ValueError) as exc:
+            raise GenerationError(f"{self._pointer} cannot be read: {exc}") from exc
+        return state  # type: ignore[no-any-return]
+
+    def _write(self, state: dict[str, object]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        partial = self._pointer.with_suffix(".tmp")
+        with open(partial, "w") as handle:
+            handle.write(json.dumps(state))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, self._pointer)
+        directory = os.open(self.folder, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def _remove_unserved(self) -> None:
+        served = set(self._state()["history"])  # type: ignore[arg-type]
+        for child in self.folder.iterdir():
+            if child.is_dir() and re.fullmatch(r"g\d+", child.name) and child.name not in served:
+                shutil.rmtree(child, ignore_errors=True)

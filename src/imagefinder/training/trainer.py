@@ -1,0 +1,324 @@
+"""The training loop: fine-tune the default encoder's last stages on a collection's own images.
+
+What is trained: the trunk's blocks from `train_from` on and its 1x1 head convolution, with the
+batch-norm statistics frozen (batches of a few dozen images estimate them worse than ImageNet
+did); the stem and the early blocks keep their ImageNet weights. The embedding is the encoder's
+own (GeM, L2), so the result is the same architecture at the same query cost.
+
+Losses (see `losses`): self-supervised copy detection (InfoNCE between two edited views of each
+image + KoLeo spread), supervised (SupCon or a proxy softmax over the labels), or both summed.
+Validation after every epoch, early stopping on it, the best epoch's weights kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from PIL import Image
+from torch import nn
+
+from imagefinder.encoders.efficientnet_lite import PooledEmbedder
+from imagefinder.encoders.preprocess import resize_crop_normalise
+from imagefinder.training import losses
+from imagefinder.training.augment import RealWorldEdits, shrink
+from imagefinder.training.validation import Validation
+
+SupervisedLoss = Literal["supcon", "proxy"]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 12
+    batch_size: int = 48
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    temperature: float = 0.05
+    koleo_weight: float = 0.1
+    supervised_loss: SupervisedLoss = "supcon"
+    # Index of the first trained block of the trunk's 16 (the rest stay as ImageNet made them).
+    train_from: int = 10
+    patience: int = 3
+    # A small collection is cycled through until an epoch has seen at least this many images,
+    # so an epoch is enough optimiser steps to be worth a validation.
+    min_images_per_epoch: int = 512
+    seed: int = 0
+    device: str = "cpu"
+    image_size: int = 224
+    short_side: int = 256
+
+
+@dataclass(frozen=True)
+class TrainingImage:
+    id: str
+    image: Image.Image  # RGB, about `augment.WORK_SIDE` on its short side
+    label: int | None = None
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    validation: float
+    seconds: float
+    images_per_s: float
+
+
+@dataclass
+class TrainingResult:
+    model: PooledEmbedder
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    before: float = 0.0
+    after: float = 0.0
+    metric: str = ""
+    stopped_early: bool = False
+
+
+Progress = Callable[[EpochRecord | None, int, int], None]
+
+
+# The frozen stages as a function of preprocessed pixels (n, 3, h, w) -> feature maps; on a CPU
+# an ONNX Runtime session of them (see `prefix`) runs about 3x faster than eager torch.
+FrozenPrefix = Callable[[NDArray[np.float32]], NDArray[np.float32]]
+
+
+class Trainer:
+    """Fine-tunes `model` (a PooledEmbedder over the Lite0 trunk) on `images`."""
+
+    def __init__(
+        self,
+        model: PooledEmbedder,
+        settings: TrainSettings,
+        edits: RealWorldEdits | None = None,
+        prefix: FrozenPrefix | None = None,
+    ) -> None:
+        self.model = model
+        self.settings = settings
+        self.edits = edits or RealWorldEdits()
+        self.device = torch.device(settings.device)
+        self.suffix = TrainedStages(model, settings.train_from)
+        self._trainable = _unfreeze_last_stages(model, settings.train_from)
+        self._prefix = prefix
+
+    def use_prefix(self, prefix: FrozenPrefix) -> None:
+        """Run the frozen stages with `prefix` (see `training.prefix`) instead of torch."""
+        self._prefix = prefix
+
+    def fit(
+        self,
+        train: Sequence[TrainingImage],
+        validation: Validation,
+        self_supervised: bool,
+        supervised: bool,
+        progress: Progress | None = None,
+    ) -> TrainingResult:
+        s = self.settings
+        _seed_everything(s.seed)
+        model = self.model.to(self.device)
+        trainable = list(self._trainable)
+        n_labels = 1 + max((img.label for img in train if img.label is not None), default=-1)
+        proxies = None
+        if supervised and s.supervised_loss == "proxy":
+            proxies = torch.nn.Parameter(
+                torch.randn(n_labels, _embedding_dim(model), device=self.device) * 0.01
+            )
+            trainable.append(proxies)
+        optimiser = torch.optim.AdamW(trainable, lr=s.learning_rate, weight_decay=s.weight_decay)
+        per_epoch = max(len(train), s.min_images_per_epoch)
+        steps_per_epoch = max(1, math.ceil(per_epoch / s.batch_size))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=s.epochs * steps_per_epoch)
+
+        rng = random.Random(s.seed)
+        others = [img.image for img in train]
+        before = validation.score(self._embed)
+        result = TrainingResult(model, before=before, after=before, metric=validation.metric)
+        best_state, best_score, waited = copy.deepcopy(model.state_dict()), before, 0
+        for epoch in range(1, s.epochs + 1):
+            started, seen, total = time.perf_counter(), 0, 0.0
+            order: list[TrainingImage] = []
+            while len(order) < per_epoch:
+                cycle = list(train)
+                rng.shuffle(cycle)
+                order.extend(cycle)
+            order = order[:per_epoch]
+            for start in range(0, len(order), s.batch_size):
+                batch = order[start : start + s.batch_size]
+                if len(batch) < 2:
+                    continue  # a lone image has no negatives
+                views, instance, labels = self._views(batch, rng, others, two=self_supervised)
+                embeddings = self._forward(views)
+                loss = self._loss(embeddings, instance, labels, self_supervised, supervised, proxies)
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                scheduler.step()
+                total += float(loss.detach()) * len(batch)
+                seen += len(batch)
+                if progress is not None:
+                    progress(None, seen, len(order))
+            score = validation.score(self._embed)
+            seconds = time.perf_counter() - started
+            record = EpochRecord(epoch, total / max(1, seen), score, seconds, seen / max(seconds, 1e-9))
+            result.history.append(record)
+            if progress is not None:
+                progress(record, seen, len(order))
+            if score > best_score:
+                best_state, best_score, waited, result.best_epoch = (
+                    copy.deepcopy(model.state_dict()),
+                    score,
+                    0,
+                    epoch,
+                )
+            else:
+                waited += 1
+                if waited >= s.patience:
+                    result.stopped_early = epoch < s.epochs
+                    break
+        model.load_state_dict(best_state)
+        model.eval()
+        result.after = best_score
+        return result
+
+    def _views(
+        self, batch: Sequence[TrainingImage], rng: random.Random, others: Sequence[Image.Image], two: bool
+    ) -> tuple[NDArray[np.float32], torch.Tensor, torch.Tensor]:
+        """Edited views of each image (two when self-supervised), preprocessed as at search time."""
+        pixels, instance, labels = [], [], []
+        positions: dict[
+            str, int
+        ] = {}  # an image twice in a batch (a small collection cycled) is one instance
+        for item in batch:
+            position = positions.setdefault(item.id, len(positions))
+            for _ in range(2 if two else 1):
+                pixels.append(self._pixels(self.edits(item.image, rng, others)))
+                instance.append(position)
+                labels.append(-1 - position if item.label is None else item.label)
+        return np.stack(pixels), torch.tensor(instance), torch.tensor(labels)
+
+    def _loss(
+        self,
+        embeddings: torch.Tensor,
+        instance: torch.Tensor,
+        labels: torch.Tensor,
+        self_supervised: bool,
+        supervised: bool,
+        proxies: torch.Tensor | None,
+    ) -> torch.Tensor:
+        s = self.settings
+        loss = embeddings.new_zeros(())
+        instance, labels = instance.to(self.device), labels.to(self.device)
+        if self_supervised:
+            loss = loss + losses.info_nce(embeddings, instance, s.temperature)
+            loss = loss + s.koleo_weight * losses.koleo(embeddings)
+        if supervised:
+            known = labels >= 0
+            if bool(known.any()):
+                if proxies is not None:
+                    loss = loss + losses.proxy_softmax(
+                        embeddings[known], labels[known], proxies, s.temperature
+                    )
+                else:
+                    loss = loss + losses.supervised_contrastive(embeddings[known], labels[known], 0.1)
+        return loss
+
+    def _forward(self, pixels: NDArray[np.float32]) -> torch.Tensor:
+        """Embeddings of preprocessed pixels: the frozen stages without a graph, then the
+        trained ones with one."""
+        with torch.no_grad():
+            if self._prefix is not None:
+                features = torch.from_numpy(self._prefix(pixels)).to(self.device)
+            else:
+                features = self.suffix.frozen(torch.from_numpy(pixels).to(self.device))
+        return self.suffix(features)
+
+    def _pixels(self, image: Image.Image) -> NDArray[np.float32]:
+        s = self.settings
+        return resize_crop_normalise(image, s.short_side, s.image_size, 127.0, 128.0)
+
+    def _embed(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
+        """Embeddings of unedited images with the model as it is now (for validation)."""
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images), 64):
+                chunk = np.stack([self._pixels(image) for image in images[start : start + 64]])
+                out.append(self._forward(chunk).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+class TrainedStages(nn.Module):
+    """The trunk cut in two at block `train_from`: `frozen` (stem and early blocks) and this
+    module's forward (later blocks, head, GeM, L2), which shares its parameters with `model`,
+    so training it trains the model."""
+
+    def __init__(self, model: PooledEmbedder, train_from: int) -> None:
+        super().__init__()
+        trunk = model.trunk
+        self._trunk = [trunk]  # a list: not registered twice as a submodule
+        self.blocks = nn.ModuleList(trunk._blocks[train_from:])  # type: ignore[index]
+        self.head = trunk._conv_head  # type: ignore[union-attr]
+        self.head_bn = trunk._bn1  # type: ignore[union-attr]
+        self.train_from = train_from
+        self.p = model.p
+
+    @property
+    def trunk(self) -> nn.Module:
+        return self._trunk[0]
+
+    def frozen(self, pixels: torch.Tensor) -> torch.Tensor:
+        return frozen_stages(self.trunk, self.train_from, pixels)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            features = block(features)
+        features = F.relu6(self.head_bn(self.head(features))).clamp(min=1e-6)
+        pooled = features.pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+        return F.normalize(pooled, dim=1)
+
+
+def frozen_stages(trunk: nn.Module, train_from: int, pixels: torch.Tensor) -> torch.Tensor:
+    """The stem and the blocks before `train_from`: pixels -> feature maps."""
+    x = F.relu6(trunk._bn0(trunk._conv_stem(pixels)))  # type: ignore[operator]
+    for block in trunk._blocks[:train_from]:  # type: ignore[index]
+        x = block(x)
+    return x
+
+
+def _unfreeze_last_stages(model: PooledEmbedder, train_from: int) -> list[torch.nn.Parameter]:
+    """Freeze everything, then let the blocks from `train_from` and the head learn. Batch norm
+    stays in eval mode (its statistics fixed) throughout: see the module's docstring."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    trunk = model.trunk
+    modules = [*trunk._blocks[train_from:], trunk._conv_head, trunk._bn1]  # type: ignore[index]
+    trainable: list[torch.nn.Parameter] = []
+    for module in modules:
+        for parameter in module.parameters():
+            parameter.requires_grad_(True)
+            trainable.append(parameter)
+    return trainable
+
+
+def _embedding_dim(model: PooledEmbedder) -> int:
+    return int(model.trunk._bn1.num_features)  # type: ignore[union-attr]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def work_image(image: Image.Image) -> Image.Image:
+    """An image as training keeps it in memory: RGB, shrunk to the edits' working size."""
+    return shrink(image.convert("RGB"), RealWorldEdits().work_side)

@@ -1,0 +1,136 @@
+"""Fine-tuning's parts: the edits, the losses, the split, and a real training run on real photos
+(the default encoder's ImageNet weights, a few dozen real photographs, CPU)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imagefinder.encoders.efficientnet_lite import PooledEmbedder, load_pretrained_lite0
+from imagefinder.encoders.lite0 import lite0_weights_path
+from imagefinder.training import losses
+from imagefinder.training.augment import RealWorldEdits
+from imagefinder.training.trainer import Trainer, TrainingImage, TrainSettings, work_image
+from imagefinder.training.validation import CopyValidation, LabelValidation, average_precision, split
+
+
+def few_dozen_photos(photos: Path) -> list[Image.Image]:
+    """scikit-image's 17 photos and the four quarters of the largest colour ones: 37 real
+    pictures, no two the same."""
+    images = [work_image(Image.open(path)) for path in sorted(photos.iterdir())]
+    for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png"):
+        with Image.open(photos / name) as opened:
+            whole = opened.convert("RGB")
+        w, h = whole.size
+        for left, top in ((0, 0), (w // 2, 0), (0, h // 2), (w // 2, h // 2)):
+            images.append(work_image(whole.crop((left, top, left + w // 2, top + h // 2))))
+    return images
+
+
+def test_edits_are_images_and_repeatable(photos: Path) -> None:
+    edits = RealWorldEdits()
+    image = work_image(Image.open(photos / "chelsea.png"))
+    others = [work_image(Image.open(photos / "coffee.png"))]
+    views = [edits(image, random.Random(seed), others) for seed in range(60)]
+    assert all(view.mode == "RGB" and min(view.size) >= 8 for view in views)
+    assert len({view.tobytes() for view in views}) == 60  # every seed its own edit
+    again = edits(image, random.Random(7), others)
+    assert again.tobytes() == views[7].tobytes()
+
+
+def test_info_nce_prefers_views_of_the_same_image() -> None:
+    generator = torch.Generator().manual_seed(0)
+    anchors = torch.nn.functional.normalize(torch.randn(8, 32, generator=generator), dim=1)
+    instance = torch.arange(8).repeat(2)
+    aligned = torch.cat([anchors, anchors])
+    shuffled = torch.cat([anchors, anchors[torch.randperm(8, generator=generator)]])
+    assert losses.info_nce(aligned, instance, 0.1) < losses.info_nce(shuffled, instance, 0.1)
+
+
+def test_koleo_rewards_spread() -> None:
+    spread = torch.eye(8)
+    bunched = torch.nn.functional.normalize(torch.ones(8, 8) + 0.01 * torch.eye(8), dim=1)
+    assert losses.koleo(spread) < losses.koleo(bunched)
+
+
+def test_supervised_contrastive_ignores_anchors_without_a_positive() -> None:
+    embeddings = torch.eye(4)
+    assert float(losses.supervised_contrastive(embeddings, torch.tensor([0, 1, 2, 3]), 0.1)) == 0.0
+
+
+def test_average_precision() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    assert average_precision(scores, np.array([True, False, True, False])) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision(scores, np.array([False] * 4)) == 0.0
+
+
+def test_split_is_deterministic_and_stratified() -> None:
+    ids = [f"img{i}" for i in range(30)]
+    labels: list[int | None] = [i % 3 for i in range(30)]
+    train, held = split(ids, labels, 0.2, seed=0)
+    assert split(ids, labels, 0.2, seed=0) == (train, held)
+    assert split(ids, labels, 0.2, seed=1) != (train, held)
+    assert sorted(train + held) == list(range(30))
+    assert sorted(labels[p] for p in held) == [0, 0, 1, 1, 2, 2]
+    # A label with two images holds one out and keeps one; a label with one keeps it.
+    train, held = split(["a", "b", "c"], [0, 0, 1], 0.2, seed=0)
+    assert len(held) == 1 and held[0] in (0, 1) and 2 in train
+
+
+def test_self_supervised_training_reduces_the_loss_and_beats_the_base(photos: Path) -> None:
+    images = few_dozen_photos(photos)
+    assert len(images) >= 36
+    model = PooledEmbedder(load_pretrained_lite0(lite0_weights_path()))
+    settings = TrainSettings(
+        epochs=3, batch_size=16, min_images_per_epoch=96, train_from=12, patience=3, seed=0
+    )
+    validation = CopyValidation(images, images, list(range(len(images))), views_per_image=2, seed=0)
+    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
+    result = Trainer(model, settings).fit(train, validation, self_supervised=True, supervised=False)
+    assert len(result.history) == 3
+    assert result.history[-1].loss < result.history[0].loss
+    assert result.after > result.before
+    assert result.best_epoch >= 1
+
+
+def test_supervised_training_beats_the_base_on_held_out_images(photos: Path) -> None:
+    """Labels: which photo a quarter was cut from. Held-out quarters are searched among the
+    training ones; mAP of finding the quarters of the same photo."""
+    quarters, labels = [], []
+    for label, name in enumerate(
+        (
+            "astronaut.png",
+            "chelsea.png",
+            "coffee.png",
+            "rocket.jpg",
+            "motorcycle_left.png",
+            "brick.png",
+            "grass.png",
+            "retina.jpg",
+        )
+    ):
+        with Image.open(photos / name) as opened:
+            whole = opened.convert("RGB")
+        w, h = whole.size
+        for i in range(6):
+            box = (i % 3 * w // 3, i // 3 * h // 2, (i % 3 + 1) * w // 3, (i // 3 + 1) * h // 2)
+            quarters.append(work_image(whole.crop(box)))
+            labels.append(label)
+    ids = [f"q{i}" for i in range(len(quarters))]
+    train_at, held_at = split(ids, labels, 0.34, seed=0)
+    validation = LabelValidation(
+        [quarters[p] for p in held_at],
+        [labels[p] for p in held_at],
+        [quarters[p] for p in train_at],
+        [labels[p] for p in train_at],
+    )
+    model = PooledEmbedder(load_pretrained_lite0(lite0_weights_path()))
+    settings = TrainSettings(epochs=3, batch_size=16, min_images_per_epoch=64, train_from=12, seed=0)
+    train = [TrainingImage(ids[p], quarters[p], labels[p]) for p in train_at]
+    result = Trainer(model, settings).fit(train, validation, self_supervised=False, supervised=True)
+    assert result.after > result.before
