@@ -31,16 +31,14 @@ from dev_benchmark import CountingEncoder, score_task
 
 from imagefinder.config import Settings
 from imagefinder.finetune import FinetuneOptions, FineTuner
-from imagefinder.reindex import Reindexer
 from imagefinder.sources import FolderSource
 from imagefinder.threads import single_threaded_blas
 from imagefinder.wiring import (
     build_configured_encoder,
-    generations,
+    build_reindexer,
     image_reader,
     mlflow_tracker,
     open_store,
-    open_store_at,
     service_for,
 )
 
@@ -84,13 +82,7 @@ def run_task(
     report = tuner.run(options, progress)
     assert report.model_uri is not None
     encoder = tracker.load_encoder(report.model_uri)
-    reindexer = Reindexer(
-        generations(settings),
-        base.store,
-        image_reader(settings),
-        lambda path: open_store_at(str(path), settings),
-        lambda enc, store: service_for(settings, enc, store),
-    )
+    reindexer = build_reindexer(settings, base.store)
     started = time.perf_counter()
     switched = reindexer.run(encoder, encoder.registered)
     reindex_s = time.perf_counter() - started

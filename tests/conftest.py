@@ -31,6 +31,29 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+QUARTERED = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
+
+
+@pytest.fixture(scope="session")
+def few_dozen_photos(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """37 real pictures as JPEG files, no two the same: scikit-image's 17 photos and the four
+    quarters of five of them (fine-tuning needs a few dozen images to show what it learns)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("few-dozen")
+    for path in sorted(photos.iterdir()):
+        with Image.open(path) as opened:
+            opened.convert("RGB").save(folder / f"{path.stem}.jpg", quality=92)
+    for name in QUARTERED:
+        with Image.open(photos / name) as opened:
+            whole = opened.convert("RGB")
+        w, h = whole.size
+        for i, (left, top) in enumerate(((0, 0), (w // 2, 0), (0, h // 2), (w // 2, h // 2))):
+            quarter = whole.crop((left, top, left + w // 2, top + h // 2))
+            quarter.save(folder / f"{Path(name).stem}_q{i}.jpg", quality=92)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Milvus server (the standalone build from the `milvus` PyPI package), started once

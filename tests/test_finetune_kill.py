@@ -80,8 +80,7 @@ def check_kill(point: str, tmp_path: Path, photos: Path, model_cache: Path) -> N
     before = info(home)
     query = str(home / "photos" / "rocket.jpg")
     hits_before = json.loads(run(home, "search", query, "--json").stdout)["results"]
-    # More epochs than the quick runs, so every phase lasts long enough to be hit.
-    args = ["finetune", "--self-supervised", "--apply", *QUICK, "--epochs", "3", "--images-per-epoch", "48"]
+    args = ["finetune", "--self-supervised", "--apply", *QUICK]
     killed = kill_when(home, POINTS[point], args)
     assert killed, f"the run finished before reaching {point}"
     after = info(home)
@@ -94,14 +93,20 @@ def check_kill(point: str, tmp_path: Path, photos: Path, model_cache: Path) -> N
     assert "+ft-" in str(info(home)["encoder"])
 
 
-def test_kill_during_training_keeps_the_index(tmp_path: Path, photos: Path, model_cache: Path) -> None:
-    check_kill("training", tmp_path, photos, model_cache)
+def test_kill_during_training_keeps_the_index(
+    tmp_path: Path, few_dozen_photos: Path, model_cache: Path
+) -> None:
+    check_kill("training", tmp_path, few_dozen_photos, model_cache)
 
 
-def test_kill_during_reindex_keeps_the_index(tmp_path: Path, photos: Path, model_cache: Path) -> None:
-    check_kill("reindex", tmp_path, photos, model_cache)
+def test_kill_during_reindex_keeps_the_index(
+    tmp_path: Path, few_dozen_photos: Path, model_cache: Path
+) -> None:
+    check_kill("reindex", tmp_path, few_dozen_photos, model_cache)
 
 
 @pytest.mark.slow
-def test_kill_during_export_keeps_the_index(tmp_path: Path, photos: Path, model_cache: Path) -> None:
-    check_kill("export", tmp_path, photos, model_cache)
+def test_kill_during_export_keeps_the_index(
+    tmp_path: Path, few_dozen_photos: Path, model_cache: Path
+) -> None:
+    check_kill("export", tmp_path, few_dozen_photos, model_cache)

@@ -30,7 +30,7 @@ from imagefinder.generations import GenerationError
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A folder with one subfolder of images per label.",
 )
-@click.option("--epochs", type=click.IntRange(1, 1000), default=12, show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2, 4096), default=48, show_default=True)
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True)
 @click.option(
@@ -116,11 +116,12 @@ def finetune(ctx: click.Context, apply: bool, allow_missing: bool, quiet: bool, 
             bar.reset()
 
         try:
-            report = tuner.run(options, progress)
+            data = tuner.load(options)
+            for where, why in data.skipped:
+                bar.write(f"skipped: {where}: {why}", file=sys.stderr)
+            report = tuner.train(data, options, progress)
         finally:
             service.close()
-    for where, why in report.skipped:
-        click.echo(f"skipped: {where}: {why}", err=True)
     click.echo(
         f"fine-tuned ({report.mode}) on {report.images} images, {report.validation_images} held out, "
         f"in {report.seconds:.0f} s; best epoch {report.best_epoch} of {len(report.history)}"
@@ -169,28 +170,13 @@ def rollback(ctx: click.Context) -> None:
 def _reindex(settings: Settings, model_uri: str, allow_missing: bool, quiet: bool) -> None:
     from tqdm import tqdm
 
-    from imagefinder.reindex import Reindexer
-    from imagefinder.wiring import (
-        build_tracker,
-        generations,
-        image_reader,
-        mlflow_tracker,
-        open_store,
-        open_store_at,
-        service_for,
-    )
+    from imagefinder.wiring import build_reindexer, build_tracker, mlflow_tracker, open_store
 
     _embedded_only(settings)
     encoder = mlflow_tracker(settings).load_encoder(model_uri)
     current = open_store(settings)
     tracker = build_tracker(settings)
-    reindexer = Reindexer(
-        generations(settings),
-        current,
-        image_reader(settings),
-        lambda path: open_store_at(str(path), settings),
-        lambda enc, store: service_for(settings, enc, store),
-    )
+    reindexer = build_reindexer(settings, current)
     try:
         with tracker.run("index", f"reindex with {model_uri}") as run:
             with tqdm(

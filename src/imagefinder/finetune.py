@@ -54,7 +54,7 @@ class FinetuneOptions:
     labels_csv: Path | None = None
     labelled_dir: Path | None = None
     self_supervised: bool = False
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 48
     learning_rate: float = 3e-4
     seed: int = 0
@@ -125,12 +125,17 @@ class FineTuner:
         self._work_dir = work_dir
 
     def run(self, options: FinetuneOptions, progress: Progress | None = None) -> FinetuneReport:
+        return self.train(self.load(options), options, progress)
+
+    def load(self, options: FinetuneOptions) -> LoadedImages:
+        """Check the request and read the training images (and labels); what cannot be used is
+        in the result's `skipped`."""
         if not options.self_supervised and not options.supervised:
             raise TrainingDataError("say what to learn: --self-supervised, --labels CSV or --labelled DIR")
         if options.labels_csv is not None and options.labelled_dir is not None:
             raise TrainingDataError("--labels and --labelled are two ways to give labels: use one")
         base = self._base.info
-        if base.name != "efficientnet-lite0" or "+ft-" in base.version:
+        if base.name != "efficientnet-lite0":
             raise FinetuneUnsupportedError(
                 f"fine-tuning trains the default encoder (efficientnet-lite0) from its ImageNet "
                 f"weights; this index was built with {base.name} v{base.version}"
@@ -142,8 +147,15 @@ class FineTuner:
         data = self._load(options)
         if len(data.ids) < 2:
             raise TrainingDataError(f"fine-tuning needs at least two readable images; found {len(data.ids)}")
+        return data
 
+    def train(
+        self, data: LoadedImages, options: FinetuneOptions, progress: Progress | None = None
+    ) -> FinetuneReport:
+        """Train on `data` (from `load`), export, register; the report of it all."""
         from imagefinder.training.session import train_and_export
+
+        base = self._base.info
 
         started = time.perf_counter()
         with self._tracker.run("finetune", f"finetune {options.mode}") as run:

@@ -13,7 +13,7 @@ from imagefinder.encoders import Encoder, build_encoder
 from imagefinder.fetch import FetchSettings, HttpFetcher
 from imagefinder.generations import Generations
 from imagefinder.images import ImageLimits
-from imagefinder.reindex import SERVE_WITH
+from imagefinder.reindex import SERVE_WITH, Reindexer
 from imagefinder.service import ImageFinder
 from imagefinder.stores.base import VectorStore
 from imagefinder.stores.embedded import EmbeddedStore
@@ -162,3 +162,14 @@ def index_run_params(
         "images.max_bytes": settings.images.max_bytes,
         **options,
     }
+
+
+def build_reindexer(settings: Settings, current: VectorStore) -> Reindexer:
+    """Re-embeds the collection of `current` into a new generation of the configured index."""
+    return Reindexer(
+        generations(settings),
+        current,
+        image_reader(settings),
+        lambda path: open_store_at(str(path), settings),
+        lambda encoder, store: service_for(settings, encoder, store),
+    )

@@ -51,10 +51,11 @@ def export_finetuned(model: PooledEmbedder, folder: Path, base: EncoderInfo, tag
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = folder / "encoder-fp32.onnx"
     parity = {"fp32_max_abs_diff": export_embedder(model, fp32, CROP)}
-    int8 = base.version == LITE0_INT8_INFO.version or "int8" in base.version
+    root = base.version.split("+ft-")[0]  # a fine-tuned base was trained from the same weights
+    int8 = "int8" in root
     info = EncoderInfo(
         name=base.name,
-        version=f"{base.version}+ft-{tag}",
+        version=f"{root}+ft-{tag}",
         dim=base.dim,
         preprocessing=(LITE0_INT8_INFO if int8 else LITE0_INFO).preprocessing
         + f"; fine-tuned on the collection ({tag})",
