@@ -73,7 +73,50 @@ def test_apply_serves_the_finetuned_version(tuned_home: Path) -> None:
 def test_lineage_in_models_and_runs(tuned_home: Path) -> None:
     runs = run(tuned_home, "runs").stdout
     assert "finetune" in runs
-    assert "base" in runs  # the fine-tuned version names what it came from
+    models = run(tuned_home, "models").stdout
+    for shown in (runs, models):
+        # The fine-tuned version names its base, its data and its validation before and after.
+        assert "fine-tuned (self-supervised) from base efficientnet-lite0 v2-int8-2" in shown
+        assert "validation copy_recall_at_1 " in shown
+
+
+def test_evaluate_compares_two_versions_in_one_run(tuned_home: Path, tmp_path: Path) -> None:
+    from PIL import Image, ImageOps
+
+    queries = tmp_path / "queries"
+    queries.mkdir()
+    rows = ["query_file,expected_collection_file"]
+    for name in ("chelsea.jpg", "coffee.jpg", "rocket.jpg", "brick.jpg"):
+        with Image.open(tuned_home / "photos" / name) as opened:
+            edited = ImageOps.mirror(opened.convert("RGB")).rotate(90, expand=True)
+        edited.save(queries / f"q_{name}", quality=60)
+        rows.append(f"q_{name},{name}")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("\n".join(rows) + "\n")
+    tuned_uri = str(info(tuned_home)["served_with"])
+    out = tmp_path / "compare.json"
+    result = run(
+        tuned_home,
+        "evaluate",
+        "--collection",
+        str(tuned_home / "photos"),
+        "--queries",
+        str(queries),
+        "--ground-truth",
+        str(truth),
+        "--compare",
+        tuned_uri,
+        "--json",
+        str(out),
+    )
+    compared = json.loads(out.read_text())["models"]
+    assert [row["model"] for row in compared] == ["efficientnet-lite0", tuned_uri]
+    assert all(0 <= row["recall@1"] <= 1 and row["mAP"] is not None for row in compared)
+    table = [
+        line for line in result.stdout.splitlines() if line.startswith(("efficientnet-lite0 ", tuned_uri))
+    ]
+    assert len(table) == 2  # one row per model, side by side
+    assert f"compare efficientnet-lite0 vs {tuned_uri}" in run(tuned_home, "runs").stdout
 
 
 def test_rollback_and_reindex_with_any_registered_version(tuned_home: Path) -> None:
