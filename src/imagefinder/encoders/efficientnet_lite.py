@@ -141,19 +141,25 @@ def export_embedder(model: PooledEmbedder, out_path: Path, image_size: int) -> f
         # The reference is computed before exporting: the legacy exporter leaves the module in a
         # state where a later eager forward in the same process can differ.
         expected = model(probe).numpy()
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 3, image_size, image_size),),
-            str(out_path),
-            dynamo=False,
-            input_names=["pixels"],
-            output_names=["embedding"],
-            dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
-            opset_version=17,
-        )
+        export_graph(model, out_path, image_size, "embedding")
     session = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
     (actual,) = session.run(None, {"pixels": probe.numpy()})
     error = float(np.abs(actual - expected).max())
     if error > 1e-4:
         raise RuntimeError(f"ONNX export differs from torch by {error:.2e}")
     return error
+
+
+def export_graph(module: nn.Module, out_path: Path, image_size: int, output_name: str) -> None:
+    """`module` (pixels (n, 3, size, size) -> one output) to an ONNX file with a dynamic batch
+    axis. Call under torch.no_grad() with the exporter's warnings silenced."""
+    torch.onnx.export(
+        module,
+        (torch.zeros(1, 3, image_size, image_size),),
+        str(out_path),
+        dynamo=False,
+        input_names=["pixels"],
+        output_names=[output_name],
+        dynamic_axes={"pixels": {0: "batch"}, output_name: {0: "batch"}},
+        opset_version=17,
+    )

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from imagefinder.encoders.efficientnet_lite import export_graph
 from imagefinder.training.trainer import FrozenPrefix, TrainedStages, frozen_stages
 
 
@@ -35,16 +36,7 @@ def onnx_prefix(
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # shape arithmetic traced as constants: intended
-        torch.onnx.export(
-            _Frozen(stages).eval(),
-            (torch.zeros(1, 3, image_size, image_size),),
-            str(path),
-            dynamo=False,
-            input_names=["pixels"],
-            output_names=["features"],
-            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=17,
-        )
+        export_graph(_Frozen(stages).eval(), path, image_size, "features")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
