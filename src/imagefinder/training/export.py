@@ -8,6 +8,7 @@ int8 file is checked against the fp32 one on those photos.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,14 +44,16 @@ class ExportedModel:
     parity: dict[str, float]
 
 
-def export_finetuned(model: PooledEmbedder, folder: Path, base: EncoderInfo, tag: str) -> ExportedModel:
-    """Write the fine-tuned encoder's ONNX file into `folder`. `tag` names the training (a
-    fingerprint of its data and settings) in the new version string."""
+def export_finetuned(model: PooledEmbedder, folder: Path, base: EncoderInfo) -> ExportedModel:
+    """Write the fine-tuned encoder's ONNX file into `folder`. Its version names the trained
+    weights (the SHA-256 of the fp32 export), so two different trainings never share a version
+    and an index can never mix their vectors."""
     from functools import partial
 
     folder.mkdir(parents=True, exist_ok=True)
     fp32 = folder / "encoder-fp32.onnx"
     parity = {"fp32_max_abs_diff": export_embedder(model, fp32, CROP)}
+    tag = hashlib.sha256(fp32.read_bytes()).hexdigest()[:12]
     root = base.version.split("+ft-")[0]  # a fine-tuned base was trained from the same weights
     int8 = "int8" in root
     info = EncoderInfo(
@@ -58,7 +61,7 @@ def export_finetuned(model: PooledEmbedder, folder: Path, base: EncoderInfo, tag
         version=f"{root}+ft-{tag}",
         dim=base.dim,
         preprocessing=(LITE0_INT8_INFO if int8 else LITE0_INFO).preprocessing
-        + f"; fine-tuned on the collection ({tag})",
+        + f"; fine-tuned on the collection (weights {tag})",
     )
     if not int8:
         return ExportedModel(fp32, info, parity)

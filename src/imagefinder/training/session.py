@@ -75,8 +75,7 @@ def train_and_export(
             )
         result = trainer.fit(train, validation, options.self_supervised, options.supervised, progress)
     model = result.model.cpu()
-    tag = _tag(data.fingerprint(), options)
-    exported = export_finetuned(model, work_dir / tag, base, tag)
+    exported = export_finetuned(model, work_dir / _run_folder(data.fingerprint(), options), base)
     encoder = OnnxEncoder(
         exported.path,
         exported.info,
@@ -121,12 +120,11 @@ def _validation(
     return kept, (CombinedValidation(copies, labels) if copies is not None else labels), len(held_positions)
 
 
-def _tag(fingerprint: str, options: Any) -> str:
+def _run_folder(fingerprint: str, options: Any) -> str:
+    """The working folder of one training's exports, named by its data and settings."""
     import hashlib
 
-    parts = (fingerprint, options.mode, options.epochs, options.learning_rate, options.seed)
-    settings = ":".join(str(part) for part in (*parts, options.train_from))
-    return hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return hashlib.sha256(f"{fingerprint}:{options!r}".encode()).hexdigest()[:12]
 
 
 def _device(asked: str) -> str:
