@@ -40,7 +40,6 @@ class ReindexResult:
     generation: Generation
     previous: Generation
     report: IndexReport
-    switched: bool
 
 
 class Reindexer:
@@ -83,7 +82,7 @@ class Reindexer:
             finally:
                 service.close()
             self._generations.switch(generation)
-        return ReindexResult(generation, previous, report, switched=True)
+        return ReindexResult(generation, previous, report)
 
     def entries(self) -> Iterator[SourceItem]:
         for image_id, payload in self._current.payload_items():

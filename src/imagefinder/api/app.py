@@ -179,15 +179,11 @@ class GenerationFollower:
         self._stop.set()
 
     def _run(self) -> None:
-        loaded = self._token()
+        loaded = self._read_token()
         _load(self._app, self._factory)
         while not self._stop.wait(self.POLL_S):
-            try:
-                token = self._token()
-            except Exception as exc:  # noqa: BLE001  (an unreadable pointer: keep serving, say why)
-                self._log.error("cannot read the served index generation: %s", exc)
-                continue
-            if token == loaded:
+            token = self._read_token()
+            if token is None or token == loaded:
                 continue
             loaded = token
             try:
@@ -203,6 +199,13 @@ class GenerationFollower:
                 timer = threading.Timer(self.RETIRE_AFTER_S, _retire, args=(self._app, old))
                 timer.daemon = True
                 timer.start()
+
+    def _read_token(self) -> str | None:
+        try:
+            return self._token()
+        except Exception as exc:  # noqa: BLE001  (an unreadable pointer: keep serving, say why)
+            self._log.error("cannot read the served index generation: %s", exc)
+            return None
 
 
 def _load(app: FastAPI, factory: ServiceFactory) -> None:
