@@ -23,7 +23,7 @@ from typing import Any
 
 from imagefinder.config import Settings
 from imagefinder.evaluation.runner import read_ground_truth
-from imagefinder.service import ImageFinder
+from imagefinder.service import ImageFinder, QueryViews
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.threads import single_threaded_blas
@@ -58,9 +58,12 @@ def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> 
     return {"index": {key: value for key, value in report.to_dict().items() if key != "problems"}, **scored}
 
 
-def score_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> dict[str, object]:
-    """Search every query of the task with `service` (its collection already indexed) and score
-    the ranked lists with the benchmark's own scorer."""
+def score_task(
+    service: ImageFinder, task_dir: Path, work: Path, scorer: Path, views: QueryViews | None = None
+) -> dict[str, object]:
+    """Search every query of the task with `service` (its collection already indexed), with
+    `views` (default: the service's setting), and score the ranked lists with the benchmark's
+    own scorer."""
     queries = sorted((task_dir / "queries").iterdir())
     k = service.count()
     results_csv = work / f"{task_dir.name}_results.csv"
@@ -73,7 +76,7 @@ def score_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -
         writer.writerow(["query_file", "rank", "collection_file", "score"])
         for query in queries:
             started = time.perf_counter()
-            results = service.search_bytes(query.read_bytes(), k, str(query))
+            results = service.search_bytes(query.read_bytes(), k, str(query), views=views)
             latencies.append((time.perf_counter() - started) * 1000)
             for rank, result in enumerate(results, 1):
                 writer.writerow([query.name, rank, result.id, f"{result.score:.6f}"])

@@ -66,8 +66,7 @@ def run_task(
     base.index(FolderSource(task_dir / "collection", settings.images.max_bytes))
     result: dict[str, Any] = {"base": {}, "finetuned": {}}
     for view in views:
-        base._query_views = view  # noqa: SLF001  (the same service, each query-views setting)
-        result["base"][view] = summary(score_task(base, task_dir, work, scorer))
+        result["base"][view] = summary(score_task(base, task_dir, work, scorer, view))
 
     tracker = mlflow_tracker(settings)
     tuner = FineTuner(
@@ -89,8 +88,7 @@ def run_task(
     base.close()
     tuned = service_for(settings, CountingEncoder(encoder), open_store(settings))
     for view in views:
-        tuned._query_views = view  # noqa: SLF001
-        result["finetuned"][view] = summary(score_task(tuned, task_dir, work, scorer))
+        result["finetuned"][view] = summary(score_task(tuned, task_dir, work, scorer, view))
     tuned.close()
     result["training"] = {
         "mode": report.mode,

@@ -14,8 +14,8 @@ from PIL import Image
 from imagefinder.encoders.efficientnet_lite import PooledEmbedder, load_pretrained_lite0
 from imagefinder.encoders.lite0 import lite0_weights_path
 from imagefinder.training import losses
-from imagefinder.training.augment import RealWorldEdits
-from imagefinder.training.trainer import Trainer, TrainingImage, TrainSettings, work_image
+from imagefinder.training.augment import RealWorldEdits, work_image
+from imagefinder.training.trainer import Trainer, TrainingImage, TrainSettings
 from imagefinder.training.validation import CopyValidation, LabelValidation, average_precision, split
 
 
@@ -52,6 +52,32 @@ def test_koleo_rewards_spread() -> None:
 def test_supervised_contrastive_ignores_anchors_without_a_positive() -> None:
     embeddings = torch.eye(4)
     assert float(losses.supervised_contrastive(embeddings, torch.tensor([0, 1, 2, 3]), 0.1)) == 0.0
+
+
+def test_both_kinds_of_training_data_combine() -> None:
+    """Self-supervised with labels: every indexed image, labelled where a label is known; with
+    a labelled folder: the indexed images and the folder's."""
+    from imagefinder.training.data import LoadedImages, concatenate, merge_labels
+
+    def loaded(ids: list[str], labels: list[int | None], names: list[str]) -> LoadedImages:
+        result = LoadedImages(
+            ids=ids,
+            images=[Image.new("RGB", (8, 8))] * len(ids),
+            labels=labels,
+            label_names=names,
+            skipped=[(f"gone-{ids[0]}", "unreadable")],
+        )
+        result.digest.update(",".join(ids).encode())
+        return result
+
+    everything = loaded(["a", "b", "c"], [None, None, None], [])
+    labelled = loaded(["b", "c"], [1, 0], ["cat", "dog"])
+    merged = merge_labels(everything, labelled)
+    assert (merged.ids, merged.labels, merged.label_names) == (["a", "b", "c"], [None, 1, 0], ["cat", "dog"])
+    assert len(merged.skipped) == 2
+    both = concatenate(everything, labelled)
+    assert (both.ids, both.labels) == (["a", "b", "c", "b", "c"], [None, None, None, 1, 0])
+    assert both.fingerprint() == merged.fingerprint() != everything.fingerprint()
 
 
 def test_average_precision() -> None:

@@ -29,16 +29,12 @@ from imagefinder.training.data import (
     ImageReader,
     LoadedImages,
     TrainingDataError,
+    concatenate,
     load_indexed,
     load_labelled_folder,
     merge_labels,
     read_labels_csv,
 )
-
-# Held out of supervised training, per label (at least one image of each label with two or more).
-VALIDATION_FRACTION = 0.2
-# Self-supervised validation searches edited views of at most this many collection images.
-COPY_VALIDATION_IMAGES = 400
 
 
 class FinetuneUnsupportedError(ImageFinderError):
@@ -215,7 +211,7 @@ class FineTuner:
             labelled = load_labelled_folder(options.labelled_dir, self._reader, options.max_images)
             if options.self_supervised:
                 everything = load_indexed(items(), self._reader, None, options.max_images)
-                return _concatenate(everything, labelled)
+                return concatenate(everything, labelled)
             return labelled
         labels = read_labels_csv(options.labels_csv) if options.labels_csv is not None else None
         if labels is not None and options.self_supervised:
@@ -269,14 +265,3 @@ class FineTuner:
             f"after.{metric_key(report.metric)}": f"{report.after:.4f}",
         }
         return self._tracker.register_encoder(encoder, run, tags)
-
-
-def _concatenate(first: LoadedImages, second: LoadedImages) -> LoadedImages:
-    import hashlib
-
-    merged = LoadedImages(label_names=second.label_names, skipped=first.skipped + second.skipped)
-    merged.ids = first.ids + second.ids
-    merged.images = first.images + second.images
-    merged.labels = first.labels + second.labels
-    merged.digest = hashlib.sha256((first.fingerprint() + second.fingerprint()).encode())
-    return merged

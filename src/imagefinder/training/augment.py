@@ -96,6 +96,11 @@ class RealWorldEdits:
         return view
 
 
+def work_image(image: Image.Image) -> Image.Image:
+    """An image as training keeps it in memory: RGB, shrunk to the edits' working size."""
+    return shrink(image.convert("RGB"), WORK_SIDE)
+
+
 def shrink(image: Image.Image, side: int) -> Image.Image:
     scale = side / min(image.size)
     if scale >= 1:

@@ -23,7 +23,7 @@ from imagefinder.evaluation.runner import image_files
 from imagefinder.images import ImageLimits, decode_image
 from imagefinder.sources import read_file
 from imagefinder.stores.base import Payload
-from imagefinder.training.augment import WORK_SIDE, shrink
+from imagefinder.training.augment import WORK_SIDE, work_image
 
 ReadUrl = Callable[[str], bytes]
 
@@ -101,7 +101,7 @@ class ImageReader:
         raise SourceError(f"{image_id}: its original is gone (no kept copy, file or URL to read)")
 
     def decode(self, data: bytes, where: str) -> Image.Image:
-        return shrink(decode_image(data, self._limits, where, WORK_SIDE).convert("RGB"), WORK_SIDE)
+        return work_image(decode_image(data, self._limits, where, WORK_SIDE))
 
 
 def load_indexed(
@@ -189,5 +189,22 @@ def merge_labels(unlabelled: LoadedImages, labelled: LoadedImages) -> LoadedImag
     merged = LoadedImages(label_names=labelled.label_names, skipped=unlabelled.skipped + labelled.skipped)
     for image_id, image in zip(unlabelled.ids, unlabelled.images, strict=True):
         _add(merged, image_id, image, "", by_id.get(image_id), None)
-    merged.digest = hashlib.sha256((unlabelled.fingerprint() + labelled.fingerprint()).encode())
+    merged.digest = _joint_digest(unlabelled, labelled)
     return merged
+
+
+def concatenate(first: LoadedImages, second: LoadedImages) -> LoadedImages:
+    """The images of both (indexed ones for copy training, a labelled folder's for labels)."""
+    return LoadedImages(
+        ids=first.ids + second.ids,
+        images=first.images + second.images,
+        labels=first.labels + second.labels,
+        label_names=second.label_names,
+        skipped=first.skipped + second.skipped,
+        digest=_joint_digest(first, second),
+    )
+
+
+def _joint_digest(first: LoadedImages, second: LoadedImages) -> Any:
+    """The fingerprint of training data made of two loaded sets."""
+    return hashlib.sha256((first.fingerprint() + second.fingerprint()).encode())

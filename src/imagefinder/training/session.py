@@ -29,6 +29,11 @@ from imagefinder.training.validation import (
     split,
 )
 
+# Held out of supervised training, per label (at least one image of each label with two or more).
+VALIDATION_FRACTION = 0.2
+# Self-supervised validation searches edited views of at most this many collection images.
+COPY_VALIDATION_IMAGES = 400
+
 
 @dataclass
 class Trained:
@@ -42,8 +47,6 @@ class Trained:
 def train_and_export(
     data: LoadedImages, options: Any, base: EncoderInfo, work_dir: Path, progress: Any = None
 ) -> Trained:
-    from imagefinder.finetune import COPY_VALIDATION_IMAGES, VALIDATION_FRACTION
-
     settings = TrainSettings(
         epochs=options.epochs,
         batch_size=options.batch_size,

@@ -30,7 +30,7 @@ from torch import nn
 from imagefinder.encoders.efficientnet_lite import PooledEmbedder
 from imagefinder.encoders.preprocess import resize_crop_normalise
 from imagefinder.training import losses
-from imagefinder.training.augment import RealWorldEdits, shrink
+from imagefinder.training.augment import RealWorldEdits
 from imagefinder.training.validation import Validation
 
 SupervisedLoss = Literal["supcon", "proxy"]
@@ -317,8 +317,3 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def work_image(image: Image.Image) -> Image.Image:
-    """An image as training keeps it in memory: RGB, shrunk to the edits' working size."""
-    return shrink(image.convert("RGB"), RealWorldEdits().work_side)
