@@ -3,6 +3,7 @@ there and back without re-embedding), and a clear error when the server is unrea
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
@@ -85,3 +86,70 @@ def test_the_api_answers_503_while_the_store_is_unreachable() -> None:
         assert ready.status_code == 503 and "127.0.0.1:9" in ready.json()["detail"]
         search = client.post("/search", json={"id": "x"})
         assert search.status_code == 503
+
+
+def test_migration_carries_the_search_space_so_copies_are_judged_alike(
+    tmp_path: Path, photos: Path, model_cache: Path, milvus_server: str
+) -> None:
+    """embedded -> Milvus -> embedded: each search, over each store, finds the same images with
+    the same scores and the same `is_copy`, in a collection large enough to be whitened (a
+    threshold calibrated in the whitened space, judged against raw cosines, was the bug)."""
+    from PIL import ImageFilter, ImageOps
+
+    from imagefinder.encoders.lite0 import lite0_encoder
+    from imagefinder.images import ImageLimits
+    from imagefinder.service import ImageFinder
+    from imagefinder.stores.embedded import EmbeddedStore
+    from imagefinder.stores.milvus import MilvusStore
+
+    shutil.copytree(model_cache, tmp_path / "models")
+    collection = tmp_path / "collection"
+    collection.mkdir()
+    for path in sorted(photos.iterdir()):  # 17 photos -> 85 images: whole, mirrored, 3 corners
+        with Image.open(path) as opened:
+            whole = opened.convert("RGB")
+        w, h = whole.size
+        views = {"": whole, "_m": ImageOps.mirror(whole)}
+        for n, (left, top) in enumerate(((0, 0), (w // 2, 0), (0, h // 2))):
+            views[f"_q{n}"] = whole.crop((left, top, left + w // 2, top + h // 2))
+        for suffix, view in views.items():
+            view.save(collection / f"{path.stem}{suffix}.jpg", quality=90)
+    run_cli(tmp_path, "index", str(collection), "--quiet")
+    target = milvus_uri(milvus_server, f"space_{int(time.time())}")
+    run_cli(tmp_path, "migrate", "--from", str(tmp_path / "index"), "--to", target)
+    back = tmp_path / "back"
+    run_cli(tmp_path, "migrate", "--from", target, "--to", str(back))
+
+    queries = []
+    for path in sorted(photos.iterdir())[:8]:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        edited = image.filter(ImageFilter.GaussianBlur(2)).resize((image.width // 2, image.height // 2))
+        for variant in (edited, ImageOps.grayscale(image).convert("RGB").rotate(8)):
+            buffer = io.BytesIO()
+            variant.save(buffer, "JPEG", quality=40)
+            queries.append(buffer.getvalue())
+
+    encoder = lite0_encoder(tmp_path / "models")
+    server, name = milvus_server, target.rsplit("/", 1)[1]
+    stores = {
+        "embedded": EmbeddedStore(next(p for p in (tmp_path / "index").rglob("images.sqlite")).parent),
+        "milvus": MilvusStore(server, name),
+        "back": EmbeddedStore(back),
+    }
+    answers = {}
+    for label, store in stores.items():
+        space = store.search_space
+        assert space.projection is not None, f"{label}: the collection was not whitened"
+        service = ImageFinder(encoder, store, ImageLimits(), query_views="single")
+        answers[label] = [
+            [(r.id, round(r.score, 3), r.is_copy) for r in service.search_bytes(data, k=3)]
+            for data in queries
+        ]
+        store.close()
+    flags = [is_copy for answer in answers["embedded"] for _, _, is_copy in answer]
+    assert any(flags) and not all(flags), "the queries must test both sides of the threshold"
+    for label in ("milvus", "back"):
+        for ours, theirs in zip(answers["embedded"], answers[label], strict=True):
+            assert [(i, c) for i, _, c in ours] == [(i, c) for i, _, c in theirs], label
+            assert [s for _, s, _ in ours] == pytest.approx([s for _, s, _ in theirs], abs=2e-3), label

@@ -20,6 +20,7 @@ from imagefinder.errors import (
     StoreUnavailableError,
     StoreVersionError,
 )
+from imagefinder.search_space import SearchSpace
 from imagefinder.stores.embedded import EmbeddedStore
 
 INFO = EncoderInfo("test-encoder", "1", 4, "none")
@@ -204,6 +205,70 @@ def test_filters_hashes_pages_and_samples(store: Any) -> None:
     top = store.search(views, k=2, penalties=np.array([0.0, 0.5], dtype=np.float32))
     assert top[0].id == "img03" and top[0].score == pytest.approx(1.0, abs=1e-4)
     assert store.search(views, k=1, penalties=np.array([0.5, 0.0], dtype=np.float32))[0].id == "img04"
+
+
+def test_one_filter_grammar_gives_the_same_matches_on_every_backend(store: Any) -> None:
+    """The grammar of `stores.filters`, checked against each backend's own query language."""
+    payloads: list[dict[str, Any]] = [
+        {"année": "2020", "flag": True, "n": 3, "ratio": 0.5, "meta": {"lieu dit": "Brest"}},
+        {"année": "2021", "flag": False, "n": 3, "ratio": 1.5, "meta": {"lieu dit": 'Zürich "am See"'}},
+        {"année": "2020", "flag": False, "n": 4, "meta": {"lieu dit": "Brest", "x-y.z": "1"}},
+    ]
+    store.upsert(["p0", "p1", "p2"], np.vstack([vec(1, 0, 0, 0), vec(0, 1, 0, 0), vec(0, 0, 1, 0)]), payloads)
+    cases = [
+        ({"année": "2020"}, {"p0", "p2"}),
+        ({"année": 2020}, {"p0", "p2"}),
+        ({"flag": True}, {"p0"}),
+        ({"flag": "false"}, {"p1", "p2"}),
+        ({"n": 3}, {"p0", "p1"}),
+        ({"ratio": 1.5}, {"p1"}),
+        ({"meta.lieu dit": "Brest", "n": "4"}, {"p2"}),
+        ({"meta.x-y.z": "1"}, {"p2"}),
+        ({"meta.lieu dit": 'Zürich "am See"'}, {"p1"}),
+        ({"n": 5}, set()),
+    ]
+    for where, expected in cases:
+        assert {h.id for h in store.search(vec(1, 1, 1, 1)[0], k=3, where=where)} == expected, where
+    for bad in ({"a;b": "1"}, {"": "1"}, {"x" * 65: "1"}, {"n": "9" * 201}, {"n": None}):
+        with pytest.raises(InvalidFilterError):
+            store.search(vec(1, 0, 0, 0)[0], k=3, where=bad)
+
+
+def test_the_search_space_is_searched_through_kept_and_seen_by_other_clients(
+    store: Any, opener: Opener
+) -> None:
+    rng = np.random.default_rng(3)
+    vectors = l2_normalise(rng.normal(size=(40, 4)).astype(np.float32))
+    store.upsert([f"s{i:02d}" for i in range(40)], vectors, [{}] * 40)
+    assert store.search_space.projection is None  # raw cosines until a space is set
+    mean = vectors.mean(axis=0)
+    matrix = np.diag([1.0, 2.0, 0.5, 1.0]).astype(np.float32)[:, :3]  # 3 searched dims
+    space = SearchSpace().fitted((mean, matrix), 40, "test fit").calibrated(0.61)
+    store.set_search_space(space)
+    query = vectors[5] * 0.9 + vectors[6] * 0.1
+    hits = store.search(query, k=3)
+    expected = space.project(vectors) @ space.project(query)
+    assert [h.id for h in hits] == [f"s{i:02d}" for i in np.argsort(-expected)[:3]]
+    assert hits[0].score == pytest.approx(float(expected.max()), abs=1e-5)
+    other = opener()
+    deadline = time.monotonic() + 5
+    while other.search_space.version != space.version and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen = other.search_space
+    assert (seen.version, seen.projection_id, seen.copy_threshold) == (
+        space.version,
+        space.projection_id,
+        0.61,
+    )
+    assert (seen.fitted_on, seen.fitted_with) == (40, "test fit")
+    np.testing.assert_array_equal(seen.projection[1], matrix)  # type: ignore[index]
+    assert [h.id for h in other.search(query, k=3)] == [h.id for h in hits]
+    # A new threshold is a new version of the same projection.
+    recalibrated = seen.calibrated(0.7)
+    assert recalibrated.projection_id == space.projection_id != recalibrated.version
+    other.set_search_space(recalibrated)
+    store.close()
+    assert opener().search_space.copy_threshold == 0.7
 
 
 def test_milvus_unreachable_is_a_clear_error() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from imagefinder.encoders.base import EncoderInfo, l2_normalise
 from imagefinder.images import ImageLimits
+from imagefinder.search_space import SearchSpace
 from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
@@ -86,10 +87,11 @@ def test_the_store_searches_through_its_projection_and_keeps_it(tmp_path: Path) 
     store.bind_encoder(INFO)
     vectors = collection(120)
     store.upsert([f"i{n:03d}" for n in range(120)], vectors, [{}] * 120)
-    store.set_projection(fit_whitening(vectors))
+    store.set_search_space(SearchSpace().fitted(fit_whitening(vectors), 120, "test"))
     assert store.search(vectors[7], k=1)[0].id == "i007"
     assert store.search(vectors[7], k=1)[0].score == pytest.approx(1.0, abs=1e-5)
-    raw, searched = store.vectors(projected=False), store.vectors()
+    raw = store.vectors()
+    searched = store.search_space.project(raw)
     assert raw.shape == searched.shape == (120, 16) and not np.allclose(raw, searched, atol=1e-3)
     # A vector added after the fit is projected too; a deleted one disappears.
     extra = collection(1, seed=9)
@@ -103,7 +105,9 @@ def test_the_store_searches_through_its_projection_and_keeps_it(tmp_path: Path) 
     assert [(h.id, round(h.score, 5)) for h in reopened.search(vectors[3], k=5)] == expected
     reopened.delete(reopened.ids())
     reopened.bind_encoder(EncoderInfo("other", "2", 8, ""))  # an empty store may change encoder
-    assert EmbeddedStore(tmp_path).vectors().shape == (0, 8)  # and the old projection is gone
+    emptied = EmbeddedStore(tmp_path)
+    assert emptied.vectors().shape == (0, 8)
+    assert emptied.search_space.projection is None  # and the old projection is gone
 
 
 def test_the_service_refits_after_each_index_run(tmp_path: Path) -> None:
@@ -114,13 +118,13 @@ def test_the_service_refits_after_each_index_run(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "index")
     service = ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.25)
     service.index(FolderSource(folder, 10**7))
-    assert store.vectors().shape[1] < FakeEncoder.info.dim  # searched in the whitened space
+    assert store.search_space.dim(FakeEncoder.info.dim) < FakeEncoder.info.dim  # whitened space
     assert 0.3 <= service.copy_threshold <= 0.95
     for path in sorted(folder.iterdir())[:5]:
         assert service.search_bytes(path.read_bytes(), k=1)[0].id == path.name
     off = ImageFinder(FakeEncoder(), EmbeddedStore(tmp_path / "raw"), ImageLimits(), whitening=0.0)
     off.index(FolderSource(folder, 10**7))
-    assert off.store.vectors().shape[1] == FakeEncoder.info.dim
+    assert off.store.search_space.dim(FakeEncoder.info.dim) == FakeEncoder.info.dim
 
 
 def test_a_large_collection_refits_on_drift_or_a_new_setting_only(
@@ -135,9 +139,9 @@ def test_a_large_collection_refits_on_drift_or_a_new_setting_only(
     store.bind_encoder(FakeEncoder.info)
     store.upsert([f"i{n:03d}" for n in range(100)], collection_of(100, FakeEncoder.info.dim), [{}] * 100)
     ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.25).refit()
-    fitted = store.vectors().copy()
+    fitted = store.search_space.project(store.vectors())
     ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.25).refit()  # same: kept
-    assert np.array_equal(store.vectors(), fitted)
+    assert np.array_equal(store.search_space.project(store.vectors()), fitted)
     ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.5).refit()  # new power: refitted
-    assert not np.allclose(store.vectors(), fitted, atol=1e-3)
-    assert store.get_meta("whitening_fitted_with") == "power=0.5 dims=256 regularisation=0.5"
+    assert not np.allclose(store.search_space.project(store.vectors()), fitted, atol=1e-3)
+    assert store.search_space.fitted_with == "power=0.5 dims=256 regularisation=0.5"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,7 +83,7 @@ def index(
     """Index a folder (recursively) or a CSV with columns url,id; re-runs are incremental."""
     from tqdm import tqdm
 
-    from imagefinder.blobs import BlobStore
+    from imagefinder.index_run import IndexOptions, IndexRun
     from imagefinder.sources import FolderSource, open_source
     from imagefinder.wiring import build_fetcher, build_service, build_tracker, index_run_params
 
@@ -102,97 +99,34 @@ def index(
             click.echo(f"indexed {image_id}")
         sys.stdout.flush()
 
-    settings.store_dir.mkdir(parents=True, exist_ok=True)
-    report_path = settings.store_dir / "last_index_report.json"
-    failed_path = settings.store_dir / "last_index_failures.csv"
     try:
-        with tracker.run("index", f"index {path.name}") as run:
-            options = {"prune": prune, "refresh": refresh, "keep_files": bool(keep_files)}
-            run.log_params(index_run_params(settings, service, source.name, options))
-            with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="indexing") as bar:
-                report = service.index(
-                    source,
-                    progress=bar.update,
-                    on_commit=committed if verbose else None,
-                    prune_source=source.name if prune else None,
-                    refresh=refresh,
-                    keep_files=BlobStore(keep_files.resolve()) if keep_files else None,
-                )
-            count = service.count()
-            _write_atomically(report_path, json.dumps(report.to_dict(), indent=1))
-            _write_atomically(failed_path, _problems_csv(report.problems))
-            run.log_metrics(_index_metrics(report, count, service.copy_threshold))
-            run.set_tags({f"index.{k}": str(v) for k, v in service.store.index_stats().items()})
-            run.log_artifact(report_path)
-            run.log_artifact(failed_path)
-            model = _register(tracker, service, run)
-            # The run that last changed the index is the one that built what is served.
-            changed = bool(report.indexed or report.pruned)
-            service.record_provenance(run.run_id if changed else None, model)
+        with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="indexing") as bar:
+            result = IndexRun(service, tracker, settings.store_dir)(
+                source,
+                IndexOptions(prune, refresh, keep_files),
+                index_run_params(settings, service),
+                progress=bar.update,
+                on_commit=committed if verbose else None,
+            )
     finally:
         service.close()
+    report = result.report
     for problem in report.problems:
         click.echo(f"{problem['category']}: {problem['where']}: {problem['reason']}", err=True)
+    for warning in result.warnings:
+        click.echo(f"mlflow: {warning}", err=True)
     failed = ", ".join(f"{n} {reason}" for reason, n in sorted(report.failed_by_reason.items()))
     click.echo(
         f"indexed {report.indexed}, unchanged {report.unchanged}, skipped {report.failed}"
         f"{f' ({failed})' if failed else ''}, duplicates {report.duplicates}, "
         f"pruned {report.pruned}{'' if prune else ' (pruning off)'} of {report.seen} seen "
         f"in {report.seconds:.1f} s ({report.images_per_s:.1f} images/s); "
-        f"the index holds {count} images"
+        f"the index holds {result.count} images"
     )
-    click.echo(f"report: {report_path}")
-    if run.run_id:
-        registered = f", encoder {model.uri}" if model else ""
-        click.echo(f"mlflow: run {run.run_id}{registered} ({tracker.uri})")  # type: ignore[attr-defined]
-
-
-def _register(tracker: Any, service: Any, run: Any) -> Any:
-    """The registered encoder version; a model that cannot be registered is not an error."""
-    from imagefinder.errors import ModelUnavailableError
-
-    try:
-        return tracker.register_encoder(service.encoder, run)
-    except ModelUnavailableError as exc:
-        click.echo(f"mlflow: {exc}", err=True)
-        return None
-
-
-def _index_metrics(report: Any, count: int, copy_threshold: float) -> dict[str, float]:
-    metrics: dict[str, float] = {
-        "seen": report.seen,
-        "indexed": report.indexed,
-        "unchanged": report.unchanged,
-        "duplicates": report.duplicates,
-        "failed": report.failed,
-        "pruned": report.pruned,
-        "images_in_index": count,
-        "seconds": report.seconds,
-        "images_per_s": report.images_per_s,
-        "copy_threshold": copy_threshold,
-    }
-    for reason, n in report.failed_by_reason.items():
-        metrics[f"failed.{reason}"] = n
-    for stage, seconds in report.stage_seconds.items():
-        metrics[f"stage.{stage}.seconds"] = seconds
-        if seconds > 0:
-            metrics[f"stage.{stage}.images_per_s"] = report.indexed / seconds
-    return metrics
-
-
-def _problems_csv(problems: list[dict[str, str]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["where", "category", "reason"])
-    writer.writeheader()
-    writer.writerows(problems)
-    return buffer.getvalue()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Written whole or not at all: a kill while writing leaves the previous file."""
-    partial = path.with_suffix(path.suffix + ".tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
+    click.echo(f"report: {result.report_path}")
+    if result.run_id:
+        registered = f", encoder {result.model.uri}" if result.model else ""
+        click.echo(f"mlflow: run {result.run_id}{registered} ({tracker.uri})")  # type: ignore[attr-defined]
 
 
 @main.command()
@@ -282,7 +216,6 @@ def remove(ctx: click.Context, ids: tuple[str, ...]) -> None:
 @_user_errors
 def info(ctx: click.Context, as_json: bool) -> None:
     """Show the index: image count, the encoder that built it, where it is stored."""
-    from imagefinder.calibration import DEFAULT_THRESHOLD
     from imagefinder.reindex import SERVE_WITH
     from imagefinder.service import recorded_provenance
     from imagefinder.wiring import generations, open_store
@@ -293,12 +226,13 @@ def info(ctx: click.Context, as_json: bool) -> None:
         encoder = store.encoder_info
         details = {
             "images": store.count(),
-            "store": str(store.path),
+            "store": store.location,
             "generation": None if settings.store.uri else generations(settings).current().label,
             "served_with": store.get_meta(SERVE_WITH) or settings.encoder,
             "search": store.index_stats(),
             "mlflow": recorded_provenance(store),
-            "copy_threshold": float(store.get_meta("copy_threshold") or DEFAULT_THRESHOLD),
+            "copy_threshold": store.search_space.copy_threshold,
+            "search_space": store.search_space.describe(),
             "encoder": None
             if encoder is None
             else {
@@ -655,9 +589,11 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
                 ids, vectors, payloads = zip(*batch, strict=True)
                 destination.upsert(list(ids), np.stack(vectors), list(payloads))
                 copied += len(batch)
-            # What the index records about itself that stays true in another store (not the
-            # whitening: the embedded store learns it again at the next index run).
-            for key in ("copy_threshold", *PROVENANCE_KEYS):
+            # The space the copy threshold was calibrated in goes with it, so `is_copy` is
+            # judged on the same scale after the move; and what else the index records about
+            # itself that stays true in another store.
+            destination.set_search_space(origin.search_space)
+            for key in PROVENANCE_KEYS:
                 value = origin.get_meta(key)
                 if value is not None:
                     destination.set_meta(key, value)

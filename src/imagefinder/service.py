@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from imagefinder.blobs import BlobStore
-from imagefinder.calibration import DEFAULT_THRESHOLD, copy_threshold
+from imagefinder.calibration import copy_threshold
 from imagefinder.encoders.base import Encoder, EncoderInfo, embed_images
 from imagefinder.errors import (
     DuplicateImageError,
@@ -34,6 +34,7 @@ from imagefinder.fetch import HttpFetcher
 from imagefinder.ids import id_problem
 from imagefinder.images import ImageLimits, content_hash, decode_image
 from imagefinder.indexer import Indexer, IndexReport, image_payload
+from imagefinder.search_space import SearchSpace
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Filter, Hit, Payload, VectorStore
 from imagefinder.tracking import ModelRecord
@@ -172,32 +173,32 @@ class ImageFinder:
 
     def refit(self, force: bool = False) -> None:
         """Learn the whitening from the collection as it is now (see REFIT_ALWAYS_UP_TO), then the
-        copy threshold in the whitened space. After each index run; single API adds use the
-        current fit."""
-        set_projection = getattr(self.store, "set_projection", None)
+        copy threshold in the whitened space, and make them the store's search space. After each
+        index run; single API adds use the current fit."""
+        space = self.store.search_space
         n = self.store.count()
-        fitted_on = int(self.store.get_meta("whitening_fitted_on") or 0)
-        drifted = not (fitted_on / 1.25 <= n <= fitted_on * 1.25)
+        drifted = not (space.fitted_on / 1.25 <= n <= space.fitted_on * 1.25)
         # A changed setting (or way of fitting) refits a large collection too, not only drift.
         fitted_with = f"power={self._whitening} dims={self._search_dims} regularisation={REGULARISATION}"
-        changed = self.store.get_meta("whitening_fitted_with") != fitted_with
-        if set_projection is not None and (force or n <= REFIT_ALWAYS_UP_TO or drifted or changed):
-            sample = self.store.vectors(projected=False, limit=FIT_SAMPLE)
-            set_projection(fit_whitening(sample, self._whitening, self._search_dims))
-            self.store.set_meta("whitening_fitted_on", str(n))
-            self.store.set_meta("whitening_fitted_with", fitted_with)
-        self.calibrate()
+        sample = self.store.vectors(limit=FIT_SAMPLE)
+        if force or n <= REFIT_ALWAYS_UP_TO or drifted or space.fitted_with != fitted_with:
+            space = space.fitted(fit_whitening(sample, self._whitening, self._search_dims), n, fitted_with)
+        self.store.set_search_space(space.calibrated(copy_threshold(space.project(sample))))
+
+    @property
+    def search_space(self) -> SearchSpace:
+        return self.store.search_space
 
     @property
     def copy_threshold(self) -> float:
-        stored = self.store.get_meta("copy_threshold")
-        return float(stored) if stored else DEFAULT_THRESHOLD
+        return self.store.search_space.copy_threshold
 
     def calibrate(self) -> float:
         """Recompute the "is this a copy?" threshold from the collection (see `calibration`)."""
-        threshold = copy_threshold(self.store.vectors(limit=FIT_SAMPLE))
-        self.store.set_meta("copy_threshold", f"{threshold:.4f}")
-        return threshold
+        space = self.store.search_space
+        space = space.calibrated(copy_threshold(space.project(self.store.vectors(limit=FIT_SAMPLE))))
+        self.store.set_search_space(space)
+        return space.copy_threshold
 
     # -- single images ---------------------------------------------------------------------
 

@@ -133,9 +133,7 @@ def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> Ima
     )
 
 
-def index_run_params(
-    settings: Settings, service: ImageFinder, source: str, options: dict[str, Any]
-) -> dict[str, Any]:
+def index_run_params(settings: Settings, service: ImageFinder) -> dict[str, Any]:
     """What an index run records in MLflow: enough to rebuild the same index."""
     info = service.encoder.info
     return {
@@ -145,7 +143,6 @@ def index_run_params(
         "encoder.preprocessing": info.preprocessing,
         "encoder.runtime": getattr(service.encoder, "runtime", "onnx"),
         "encoder.setting": settings.encoder,
-        "source": source,
         "store.kind": "milvus" if settings.store.uri else "embedded",
         "store.path": settings.store.uri or str(settings.store_dir),
         "store.exact_below": settings.store.exact_below,
@@ -160,7 +157,6 @@ def index_run_params(
         "fetch.retries": settings.fetch.retries,
         "images.max_pixels": settings.images.max_pixels,
         "images.max_bytes": settings.images.max_bytes,
-        **options,
     }
 
 

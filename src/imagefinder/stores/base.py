@@ -1,8 +1,9 @@
-"""The store contract: vectors with ids and payloads; upsert, delete, search, count."""
+"""The store contract (vectors with ids and payloads; upsert, delete, search, count) and what
+every backend shares: the encoder record, the schema-version check, the order of results."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 
@@ -11,7 +12,8 @@ from numpy.typing import NDArray
 
 from imagefinder.encoders import setting_for
 from imagefinder.encoders.base import EncoderInfo
-from imagefinder.errors import EncoderMismatchError, InvalidFilterError
+from imagefinder.errors import EncoderMismatchError, InvalidFilterError, StoreVersionError
+from imagefinder.search_space import SearchSpace
 
 Payload = Mapping[str, Any]
 # Payload field -> required value, e.g. {"source": "holidays"}: every field must match.
@@ -26,6 +28,8 @@ class Hit:
 
 
 class VectorStore(Protocol):
+    location: str  # where the index is, as `imagefinder info` shows it
+
     @property
     def encoder_info(self) -> EncoderInfo | None:
         """The encoder the stored vectors came from; None for a new, empty store."""
@@ -57,6 +61,20 @@ class VectorStore(Protocol):
         """After a bulk change: let the store reorganise its index (build, retrain, snapshot)."""
         ...
 
+    def checkpoint(self) -> None:
+        """Make what was written durable in the store's own form (a snapshot), if it has one."""
+        ...
+
+    @property
+    def search_space(self) -> SearchSpace:
+        """The space searches run in (see `imagefinder.search_space`), as last set by any process;
+        cheap to read on every query."""
+        ...
+
+    def set_search_space(self, space: SearchSpace) -> None:
+        """Search through `space` from now on; kept with the index."""
+        ...
+
     def get(self, image_id: str) -> Payload | None: ...
 
     def get_vector(self, image_id: str) -> NDArray[np.float32] | None: ...
@@ -75,11 +93,13 @@ class VectorStore(Protocol):
 
     def ids(self) -> list[str]: ...
 
-    def vectors(self, projected: bool = True, limit: int | None = None) -> NDArray[np.float32]:
-        """All vectors, or a random sample of at most `limit`."""
+    def vectors(self, limit: int | None = None) -> NDArray[np.float32]:
+        """All vectors as the encoder made them, or a random sample of at most `limit`."""
         ...
 
-    def get_meta(self, key: str) -> str | None: ...
+    def get_meta(self, key: str) -> str | None:
+        """A small fact the index records about itself (provenance, the model that serves it)."""
+        ...
 
     def set_meta(self, key: str, value: str) -> None: ...
 
@@ -102,6 +122,43 @@ def same_encoder(current: EncoderInfo | None, info: EncoderInfo) -> bool:
         info.version,
         info.dim,
     )
+
+
+def encoder_record(info: EncoderInfo) -> dict[str, str]:
+    """How every store writes the encoder that built it."""
+    return {
+        "encoder_name": info.name,
+        "encoder_version": info.version,
+        "encoder_dim": str(info.dim),
+        "encoder_preprocessing": info.preprocessing,
+    }
+
+
+def encoder_from_record(record: Mapping[str, str]) -> EncoderInfo | None:
+    if "encoder_name" not in record:
+        return None
+    return EncoderInfo(
+        name=record["encoder_name"],
+        version=record.get("encoder_version", ""),
+        dim=int(record.get("encoder_dim", "0")),
+        preprocessing=record.get("encoder_preprocessing", ""),
+    )
+
+
+def check_schema_version(found: str | None, understood: int, where: str) -> None:
+    """Refuse an index written by a newer ImageFinder, whose layout this one cannot know."""
+    if found is not None and int(found) > understood:
+        raise StoreVersionError(
+            f"the index at {where} has schema version {found}, newer than this ImageFinder "
+            f"understands ({understood}); upgrade ImageFinder"
+        )
+
+
+def ranked(scored: Iterable[tuple[str, float, Payload]], k: int) -> list[Hit]:
+    """The k best, best first; equal scores in id order, so results are stable between calls and
+    the same on every backend."""
+    ordered = sorted(scored, key=lambda item: (-item[1], item[0]))
+    return [Hit(image_id, score, payload) for image_id, score, payload in ordered[:k]]
 
 
 def refuse_other_encoder(current: EncoderInfo, info: EncoderInfo, where: str, instead: str) -> NoReturn:

@@ -13,8 +13,11 @@ collection holds what each index records about itself (encoder, schema version, 
   (a CLI run while the server serves) become visible within about a second.
 - Index: HNSW on inner product (the vectors are L2-normalised, so scores are cosines), M=16,
   efConstruction=200, ef at search max(64, 2k); configurable.
-- No whitening: Milvus searches the stored vectors as they are, so the collection-learned
-  projection of the embedded store is not applied here (see README).
+- The search space (`imagefinder.search_space`) is honoured by re-scoring: Milvus keeps the
+  encoder's vectors and finds `rerank` raw-cosine candidates per view, which are then scored in
+  the space's whitened projection, so scores and the copy threshold mean what they mean in the
+  embedded store. Stored vectors never depend on a fit: a refit rewrites nothing, and `migrate`
+  moves the same vectors both ways. Why this and not projected vectors: README, "Milvus".
 - Writes go in batches; transient errors (server restarting, timeouts) are retried with backoff;
   a server that stays unreachable raises StoreUnavailableError naming the URI (API: 503).
 
@@ -23,6 +26,7 @@ pymilvus is imported only in this module.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import random
@@ -35,20 +39,21 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.encoders.base import EncoderInfo
-from imagefinder.errors import (
-    InvalidFilterError,
-    StoreError,
-    StoreUnavailableError,
-    StoreVersionError,
-)
+from imagefinder.errors import StoreError, StoreUnavailableError
+from imagefinder.search_space import RECORD_KEY, SearchSpace
 from imagefinder.stores.base import (
     Filter,
     Hit,
     Payload,
+    check_schema_version,
     checked_upsert,
+    encoder_from_record,
+    encoder_record,
+    ranked,
     refuse_other_encoder,
     same_encoder,
 )
+from imagefinder.stores.filters import Conditions, conditions
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,12 @@ SCHEMA_VERSION = 1
 # "<collection>/<key>"): creating a collection costs Milvus seconds, so not one per index.
 META_COLLECTION = "imagefinder_meta"
 ID_MAX_BYTES = 2048  # ids are at most 512 characters, up to 4 bytes each in UTF-8
-_FIELD_NAME = re.compile(r"^[A-Za-z0-9_ .-]{1,64}$")
+# Raw-cosine candidates per query view that are re-scored in a whitened search space.
+RERANK_CANDIDATES = 50
+# How long a process trusts its copy of the search space before asking the server again: other
+# processes' writes become visible within about a second anyway.
+SPACE_CHECK_S = 1.0
+_META_VALUE_CHARS = 60_000  # below the meta collection's 65,535-character values
 _HEX = re.compile(r"^[0-9a-f]{1,128}$")
 T = TypeVar("T")
 
@@ -82,10 +92,12 @@ class MilvusStore:
         batch_size: int = 1000,
         retries: int = 3,
         timeout_s: float = 10.0,
+        rerank: int = RERANK_CANDIDATES,
     ) -> None:
         self.server = server
         self.collection = collection
-        self.path = f"{server}/{collection}"  # what `imagefinder info` shows as the location
+        self.location = f"{server}/{collection}"
+        self._rerank = rerank
         self._index_params = index_params or {"M": 16, "efConstruction": 200}
         self._ef = ef
         self._consistency = consistency
@@ -107,6 +119,9 @@ class MilvusStore:
         self._encoder = self._read_encoder()
         if self._encoder is not None:
             self._ensure_collection(self._encoder.dim)
+        self._space = SearchSpace()
+        self._space_record = ""
+        self._space_checked = -float("inf")
 
     # -- encoder binding -------------------------------------------------------------------
 
@@ -119,18 +134,41 @@ class MilvusStore:
         if same_encoder(current, info):
             return
         if current is not None and self.count() > 0:
-            refuse_other_encoder(current, info, self.path, "another collection")
+            refuse_other_encoder(current, info, self.location, "another collection")
         if self._call(self._client.has_collection, self.collection):
             self._call(self._client.drop_collection, self.collection)
         self._ensure_collection(info.dim)
-        for key, value in (
-            ("encoder_name", info.name),
-            ("encoder_version", info.version),
-            ("encoder_dim", str(info.dim)),
-            ("encoder_preprocessing", info.preprocessing),
-        ):
+        for key, value in encoder_record(info).items():
             self._put_meta(key, value)
         self._encoder = info
+        self.set_search_space(SearchSpace().fitted(None, 0, ""))  # the old encoder's space is void
+
+    @property
+    def search_space(self) -> SearchSpace:
+        """The stored space, asked for again at most every SPACE_CHECK_S: not one round trip per
+        query for the copy threshold."""
+        now = time.monotonic()
+        if now - self._space_checked >= SPACE_CHECK_S:
+            record = self._meta(RECORD_KEY) or ""
+            if record != self._space_record:
+                self._space = self._read_space(record)
+                self._space_record = record
+            self._space_checked = now
+        return self._space
+
+    def set_search_space(self, space: SearchSpace) -> None:
+        """The arrays go first under keys of their own fit, then the record that points to them:
+        a reader sees the old space or the whole new one."""
+        previous = self.search_space
+        if space.projection_id != previous.projection_id:
+            for name, data in space.arrays().items():
+                self._put_blob(f"{RECORD_KEY}.{space.projection_id}.{name}", data)
+        record = space.record()
+        self._put_meta(RECORD_KEY, record)
+        if space.projection_id != previous.projection_id:
+            for name in previous.arrays():
+                self._delete_blob(f"{RECORD_KEY}.{previous.projection_id}.{name}")
+        self._space, self._space_record, self._space_checked = space, record, time.monotonic()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -179,29 +217,38 @@ class MilvusStore:
     ) -> list[Hit]:
         queries = np.atleast_2d(np.asarray(vector, dtype=np.float32))
         offsets = np.zeros(len(queries)) if penalties is None else np.asarray(penalties, dtype=np.float64)
+        expression = _expression(conditions(where)) if where else ""
         if k < 1 or self._encoder is None:
             return []
-        expression = _expression(where) if where else ""
+        space = self.search_space
+        whitened = space.projection is not None
+        # A few more than k, so that images tied at the cut can be ordered by id like the
+        # embedded store does (Milvus returns an arbitrary subset of a tie); more when the
+        # candidates are re-scored in a whitened space.
+        limit = min(16384, max(k + 16, self._rerank if whitened else 0))
         answers = self._call(
             self._client.search,
             self.collection,
             data=queries.tolist(),
-            # A few more than k, so that images tied at the cut can be ordered by id like the
-            # embedded store does (Milvus returns an arbitrary subset of a tie).
-            limit=min(16384, k + 16),
+            limit=limit,
             filter=expression,
-            output_fields=["payload"],
-            search_params={"metric_type": "IP", "params": {"ef": max(self._ef, 2 * k)}},
+            output_fields=["payload", "vector"] if whitened else ["payload"],
+            search_params={"metric_type": "IP", "params": {"ef": max(self._ef, 2 * limit)}},
             consistency_level=self._level(),
         )
-        best: dict[str, tuple[float, Payload]] = {}
+        found: dict[str, dict[str, Any]] = {}
+        best: dict[str, float] = {}
         for view, hits in enumerate(answers):
             for hit in hits:
+                found[hit["id"]] = hit["entity"]
                 score = float(hit["distance"]) - float(offsets[view])
-                if hit["id"] not in best or score > best[hit["id"]][0]:
-                    best[hit["id"]] = (score, hit["entity"]["payload"])
-        ranked = sorted(best.items(), key=lambda item: (-item[1][0], item[0]))[:k]
-        return [Hit(image_id, score, payload) for image_id, (score, payload) in ranked]
+                best[hit["id"]] = max(score, best.get(hit["id"], -np.inf))
+        if whitened and found:
+            ids = list(found)
+            stored = np.asarray([found[i]["vector"] for i in ids], dtype=np.float32)
+            exact = space.project(stored) @ space.project(queries).T - offsets.astype(np.float32)
+            best = dict(zip(ids, exact.max(axis=1).tolist(), strict=True))
+        return ranked(((i, score, found[i]["payload"]) for i, score in best.items()), k)
 
     def get(self, image_id: str) -> Payload | None:
         if self._encoder is None:
@@ -248,8 +295,9 @@ class MilvusStore:
         for rows in self._scan(["id", "vector", "payload"]):
             yield [(row["id"], np.asarray(row["vector"], dtype=np.float32), row["payload"]) for row in rows]
 
-    def vectors(self, projected: bool = True, limit: int | None = None) -> NDArray[np.float32]:
-        """All vectors, or a uniform random sample of at most `limit` (reservoir sampling)."""
+    def vectors(self, limit: int | None = None) -> NDArray[np.float32]:
+        """All vectors as the encoder made them, or a uniform random sample of at most `limit`
+        (reservoir sampling)."""
         dim = self._encoder.dim if self._encoder else 0
         kept: list[NDArray[np.float32]] = []
         seen = 0
@@ -296,6 +344,51 @@ class MilvusStore:
 
     def close(self) -> None:
         self._client.close()
+
+    def _read_space(self, record: str) -> SearchSpace:
+        if not record:
+            # Written before spaces had a record: raw cosines, and the threshold it kept.
+            threshold = self._meta("user.copy_threshold")
+            return SearchSpace(copy_threshold=float(threshold)) if threshold else SearchSpace()
+        projection_id = json.loads(record)["projection_id"]
+        if projection_id == self._space.projection_id:
+            arrays = self._space.arrays()
+        else:
+            arrays = {}
+            for name in ("projection_mean", "projection"):
+                data = self._get_blob(f"{RECORD_KEY}.{projection_id}.{name}")
+                if data is not None:
+                    arrays[name] = data
+        return SearchSpace.from_record(record, arrays)
+
+    def _put_blob(self, key: str, data: bytes) -> None:
+        text = base64.b64encode(data).decode("ascii")
+        parts = [text[start : start + _META_VALUE_CHARS] for start in range(0, len(text), _META_VALUE_CHARS)]
+        rows = [
+            {"key": f"{self.collection}/{key}.{n}", "value": part, "placeholder": [0.0, 0.0]}
+            for n, part in enumerate(parts)
+        ]
+        self._call(self._client.upsert, self._meta_name, rows)
+        self._put_meta(f"{key}.parts", str(len(parts)))
+
+    def _get_blob(self, key: str) -> bytes | None:
+        parts = self._meta(f"{key}.parts")
+        if parts is None:
+            return None
+        ids = [f"{self.collection}/{key}.{n}" for n in range(int(parts))]
+        rows = self._call(
+            self._client.get, self._meta_name, ids=ids, output_fields=["value"], consistency_level="Strong"
+        )
+        by_key = {row["key"]: row["value"] for row in rows}
+        return base64.b64decode("".join(by_key[i] for i in ids))
+
+    def _delete_blob(self, key: str) -> None:
+        parts = self._meta(f"{key}.parts")
+        if parts is not None:
+            ids = [f"{self.collection}/{key}.{n}" for n in range(int(parts))] + [
+                f"{self.collection}/{key}.parts"
+            ]
+            self._call(self._client.delete, self._meta_name, ids=ids)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -408,40 +501,25 @@ class MilvusStore:
         found = self._meta("schema_version")
         if found is None:
             self._put_meta("schema_version", str(SCHEMA_VERSION))
-        elif int(found) > SCHEMA_VERSION:
-            raise StoreVersionError(
-                f"the index at {self.path} has schema version {found}, newer than this ImageFinder "
-                f"understands ({SCHEMA_VERSION}); upgrade ImageFinder"
-            )
+        check_schema_version(found, SCHEMA_VERSION, self.location)
 
     def _read_encoder(self) -> EncoderInfo | None:
-        name = self._meta("encoder_name")
-        if name is None:
-            return None
-        return EncoderInfo(
-            name=name,
-            version=self._meta("encoder_version") or "",
-            dim=int(self._meta("encoder_dim") or 0),
-            preprocessing=self._meta("encoder_preprocessing") or "",
-        )
+        record = {}
+        for key in ("encoder_name", "encoder_version", "encoder_dim", "encoder_preprocessing"):
+            value = self._meta(key)
+            if value is not None:
+                record[key] = value
+        return encoder_from_record(record)
 
 
-def _expression(where: Filter) -> str:
-    """{"source": "x", "meta.year": "1999"} -> a Milvus boolean expression on the JSON payload.
+def _expression(checked: Conditions) -> str:
+    """Filter conditions (`stores.filters`) -> a Milvus boolean expression on the JSON payload.
     Values compare as in the embedded store: as text, and numbers/booleans also as JSON values."""
     clauses = []
-    for name, value in where.items():
-        if not _FIELD_NAME.match(name):
-            raise InvalidFilterError(
-                f"cannot filter on {name!r}: field names are letters, digits, _ . - and space"
-            )
-        if not isinstance(value, str | int | float | bool):
-            raise InvalidFilterError(
-                f"cannot filter on {name!r} = {value!r}: values are strings, numbers or booleans"
-            )
-        path = "payload" + "".join(f"[{json.dumps(part)}]" for part in name.split(".", 1))
-        text = value if isinstance(value, str) else json.dumps(value)
-        options = [f"{path} == {json.dumps(text)}"]
+    for name, text in checked:
+        # Milvus reads string literals as they are written, without \uXXXX escapes.
+        path = "payload" + "".join(f"[{_literal(part)}]" for part in name.split(".", 1))
+        options = [f"{path} == {_literal(text)}"]
         try:
             parsed = json.loads(text)
         except ValueError:
@@ -452,6 +530,10 @@ def _expression(where: Filter) -> str:
             options.append(f"{path} == {json.dumps(parsed)}")
         clauses.append("(" + " or ".join(options) + ")")
     return " and ".join(clauses)
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _transient(exc: Exception) -> bool:

@@ -1,0 +1,125 @@
+"""The search space of an index: how its vectors are compared, fitted and versioned as one.
+
+Scores mean something only in the space they were computed in. Whitening (`imagefinder.whitening`)
+moves every score, so the copy threshold calibrated in a whitened space is wrong in the raw one
+and the other way round. A `SearchSpace` keeps the two together: the projection searched through
+(None: the raw encoder vectors), the copy threshold calibrated in it, and what the projection was
+fitted with and on. Every fit or calibration makes a new `version`, so whoever caches a space (a
+store's in-memory index, a server's copy threshold) knows when to take the new one.
+
+The service decides the space (`maintenance.Maintenance`); every store persists it with the
+index and searches through it; `imagefinder migrate` carries it, so a copy is judged on the same
+scale after a move between backends.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from imagefinder.calibration import DEFAULT_THRESHOLD
+
+# whitened = l2n((x - mean) @ matrix)
+Projection = tuple[NDArray[np.float32], NDArray[np.float32]]
+
+# Names under which a store keeps a space: one text record and two arrays.
+RECORD_KEY = "search_space"
+MEAN_KEY, MATRIX_KEY = "projection_mean", "projection"
+
+
+@dataclass(frozen=True, eq=False)
+class SearchSpace:
+    projection: Projection | None = None
+    copy_threshold: float = DEFAULT_THRESHOLD
+    fitted_on: int = 0  # images in the collection when the projection was fitted
+    fitted_with: str = ""  # the settings of that fit; another setting asks for a refit
+    version: str = ""  # changes with every fit or calibration; "" for a space never decided
+    # Changes with every fit only: vectors indexed through the projection stay valid while it is
+    # the same, whatever the threshold does.
+    projection_id: str = ""
+
+    @staticmethod
+    def new_version() -> str:
+        return uuid.uuid4().hex
+
+    def fitted(self, projection: Projection | None, fitted_on: int, fitted_with: str) -> SearchSpace:
+        """A new space through `projection`; its copy threshold is calibrated next (`calibrated`)."""
+        version = self.new_version()
+        return SearchSpace(projection, self.copy_threshold, fitted_on, fitted_with, version, version)
+
+    def calibrated(self, copy_threshold: float) -> SearchSpace:
+        return replace(self, copy_threshold=round(float(copy_threshold), 4), version=self.new_version())
+
+    def dim(self, encoder_dim: int) -> int:
+        """The searched dimension."""
+        return encoder_dim if self.projection is None else int(self.projection[1].shape[1])
+
+    def project(self, vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Encoder vectors (..., dim) -> searched vectors, L2-normalised (cosine = dot product)."""
+        if self.projection is None:
+            return np.ascontiguousarray(vectors, dtype=np.float32)
+        mean, matrix = self.projection
+        projected = (np.asarray(vectors, dtype=np.float32) - mean) @ matrix
+        norms = np.linalg.norm(projected, axis=-1, keepdims=True)
+        return (projected / np.maximum(norms, 1e-12)).astype(np.float32)
+
+    def describe(self) -> dict[str, object]:
+        """What `imagefinder info` and /health show."""
+        return {
+            "version": self.version,
+            "whitened": self.projection is not None,
+            "dims": None if self.projection is None else int(self.projection[1].shape[1]),
+            "copy_threshold": self.copy_threshold,
+            "fitted_on": self.fitted_on,
+            "fitted_with": self.fitted_with,
+        }
+
+    # -- persistence: a text record and two arrays, which every store can keep --------------
+
+    def record(self) -> str:
+        return json.dumps(
+            {
+                "version": self.version,
+                "copy_threshold": self.copy_threshold,
+                "fitted_on": self.fitted_on,
+                "fitted_with": self.fitted_with,
+                "projection_id": self.projection_id,
+            }
+        )
+
+    def arrays(self) -> dict[str, bytes]:
+        if self.projection is None:
+            return {}
+        mean, matrix = self.projection
+        return {MEAN_KEY: array_bytes(mean), MATRIX_KEY: array_bytes(matrix)}
+
+    @classmethod
+    def from_record(cls, record: str, arrays: Mapping[str, bytes]) -> SearchSpace:
+        fields = json.loads(record)
+        projection = None
+        if MEAN_KEY in arrays and MATRIX_KEY in arrays:
+            projection = (array_from(arrays[MEAN_KEY]), array_from(arrays[MATRIX_KEY]))
+        return cls(
+            projection,
+            float(fields["copy_threshold"]),
+            int(fields["fitted_on"]),
+            str(fields["fitted_with"]),
+            str(fields["version"]),
+            str(fields["projection_id"]),
+        )
+
+
+def array_bytes(array: NDArray[np.float32]) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def array_from(data: bytes) -> NDArray[np.float32]:
+    return np.load(io.BytesIO(data), allow_pickle=False)
