@@ -26,50 +26,41 @@ pymilvus is imported only in this module.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.encoders.base import EncoderInfo
-from imagefinder.errors import StoreError, StoreUnavailableError
-from imagefinder.search_space import RECORD_KEY, SearchSpace
+from imagefinder.errors import StoreError
+from imagefinder.search_space import SearchSpace
 from imagefinder.stores.base import (
     Filter,
     Hit,
     Payload,
-    check_schema_version,
     checked_upsert,
-    encoder_from_record,
-    encoder_record,
     ranked,
     refuse_other_encoder,
     same_encoder,
 )
 from imagefinder.stores.filters import Conditions, conditions
+from imagefinder.stores.milvus_meta import MilvusCalls, MilvusMeta
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-# One small collection per server holds what each index records about itself (keys are
-# "<collection>/<key>"): creating a collection costs Milvus seconds, so not one per index.
-META_COLLECTION = "imagefinder_meta"
 ID_MAX_BYTES = 2048  # ids are at most 512 characters, up to 4 bytes each in UTF-8
 # Raw-cosine candidates per query view that are re-scored in a whitened search space.
 RERANK_CANDIDATES = 50
 # How long a process trusts its copy of the search space before asking the server again: other
 # processes' writes become visible within about a second anyway.
 SPACE_CHECK_S = 1.0
-_META_VALUE_CHARS = 60_000  # below the meta collection's 65,535-character values
 _HEX = re.compile(r"^[0-9a-f]{1,128}$")
-T = TypeVar("T")
 
 
 def parse_milvus_uri(uri: str) -> tuple[str, str]:
@@ -105,18 +96,10 @@ class MilvusStore:
         # first read after a delete runs at Strong, so that the deletion is visible to it.
         self._deleted_since_read = False
         self._batch_size = batch_size
-        self._retries = retries
-        self._timeout_s = timeout_s
-        self._meta_name = META_COLLECTION
-        try:
-            from pymilvus import MilvusClient
-
-            self._client = MilvusClient(uri=server, timeout=timeout_s)
-        except Exception as exc:  # noqa: BLE001  (pymilvus raises several kinds on connect)
-            raise StoreUnavailableError(f"cannot reach Milvus at {server}: {_first_line(exc)}") from None
-        self._ensure_meta_collection()
-        self._check_schema_version()
-        self._encoder = self._read_encoder()
+        self._call = MilvusCalls(server, retries, timeout_s)
+        self._client = self._call.client
+        self._meta = MilvusMeta(self._call, collection, self.location, consistency)
+        self._encoder = self._meta.encoder()
         if self._encoder is not None:
             self._ensure_collection(self._encoder.dim)
         self._space = SearchSpace()
@@ -138,8 +121,7 @@ class MilvusStore:
         if self._call(self._client.has_collection, self.collection):
             self._call(self._client.drop_collection, self.collection)
         self._ensure_collection(info.dim)
-        for key, value in encoder_record(info).items():
-            self._put_meta(key, value)
+        self._meta.put_encoder(info)
         self._encoder = info
         self.set_search_space(SearchSpace().fitted(None, 0, ""))  # the old encoder's space is void
 
@@ -149,25 +131,15 @@ class MilvusStore:
         query for the copy threshold."""
         now = time.monotonic()
         if now - self._space_checked >= SPACE_CHECK_S:
-            record = self._meta(RECORD_KEY) or ""
+            record = self._meta.space_record()
             if record != self._space_record:
-                self._space = self._read_space(record)
+                self._space = self._meta.read_space(record, self._space)
                 self._space_record = record
             self._space_checked = now
         return self._space
 
     def set_search_space(self, space: SearchSpace) -> None:
-        """The arrays go first under keys of their own fit, then the record that points to them:
-        a reader sees the old space or the whole new one."""
-        previous = self.search_space
-        if space.projection_id != previous.projection_id:
-            for name, data in space.arrays().items():
-                self._put_blob(f"{RECORD_KEY}.{space.projection_id}.{name}", data)
-        record = space.record()
-        self._put_meta(RECORD_KEY, record)
-        if space.projection_id != previous.projection_id:
-            for name in previous.arrays():
-                self._delete_blob(f"{RECORD_KEY}.{previous.projection_id}.{name}")
+        record = self._meta.write_space(space, self.search_space)
         self._space, self._space_record, self._space_checked = space, record, time.monotonic()
 
     # -- writes ----------------------------------------------------------------------------
@@ -313,10 +285,10 @@ class MilvusStore:
         return np.stack(kept) if kept else np.zeros((0, dim), dtype=np.float32)
 
     def get_meta(self, key: str) -> str | None:
-        return self._meta(f"user.{key}")
+        return self._meta.get(f"user.{key}")
 
     def set_meta(self, key: str, value: str) -> None:
-        self._put_meta(f"user.{key}", value)
+        self._meta.put(f"user.{key}", value)
 
     def count(self) -> int:
         if self._encoder is None:
@@ -345,51 +317,6 @@ class MilvusStore:
     def close(self) -> None:
         self._client.close()
 
-    def _read_space(self, record: str) -> SearchSpace:
-        if not record:
-            # Written before spaces had a record: raw cosines, and the threshold it kept.
-            threshold = self._meta("user.copy_threshold")
-            return SearchSpace(copy_threshold=float(threshold)) if threshold else SearchSpace()
-        projection_id = json.loads(record)["projection_id"]
-        if projection_id == self._space.projection_id:
-            arrays = self._space.arrays()
-        else:
-            arrays = {}
-            for name in ("projection_mean", "projection"):
-                data = self._get_blob(f"{RECORD_KEY}.{projection_id}.{name}")
-                if data is not None:
-                    arrays[name] = data
-        return SearchSpace.from_record(record, arrays)
-
-    def _put_blob(self, key: str, data: bytes) -> None:
-        text = base64.b64encode(data).decode("ascii")
-        parts = [text[start : start + _META_VALUE_CHARS] for start in range(0, len(text), _META_VALUE_CHARS)]
-        rows = [
-            {"key": f"{self.collection}/{key}.{n}", "value": part, "placeholder": [0.0, 0.0]}
-            for n, part in enumerate(parts)
-        ]
-        self._call(self._client.upsert, self._meta_name, rows)
-        self._put_meta(f"{key}.parts", str(len(parts)))
-
-    def _get_blob(self, key: str) -> bytes | None:
-        parts = self._meta(f"{key}.parts")
-        if parts is None:
-            return None
-        ids = [f"{self.collection}/{key}.{n}" for n in range(int(parts))]
-        rows = self._call(
-            self._client.get, self._meta_name, ids=ids, output_fields=["value"], consistency_level="Strong"
-        )
-        by_key = {row["key"]: row["value"] for row in rows}
-        return base64.b64decode("".join(by_key[i] for i in ids))
-
-    def _delete_blob(self, key: str) -> None:
-        parts = self._meta(f"{key}.parts")
-        if parts is not None:
-            ids = [f"{self.collection}/{key}.{n}" for n in range(int(parts))] + [
-                f"{self.collection}/{key}.parts"
-            ]
-            self._call(self._client.delete, self._meta_name, ids=ids)
-
     # -- internals -------------------------------------------------------------------------
 
     def _get(self, ids: list[str], output_fields: list[str]) -> list[dict[str, Any]]:
@@ -403,28 +330,6 @@ class MilvusStore:
             self._deleted_since_read = False
             return "Strong"
         return self._consistency
-
-    def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one client call, retrying transient failures (unavailable, timeouts) with backoff."""
-        from pymilvus.exceptions import MilvusException, MilvusUnavailableException
-
-        for attempt in range(self._retries + 1):
-            try:
-                return function(*args, **kwargs)
-            except (MilvusUnavailableException, ConnectionError, TimeoutError) as exc:
-                failure: Exception = exc
-            except MilvusException as exc:
-                if not _transient(exc):
-                    raise StoreError(
-                        f"Milvus at {self.server} refused the request: {_first_line(exc)}"
-                    ) from None
-                failure = exc
-            if attempt < self._retries:
-                time.sleep(0.2 * 2**attempt)
-        raise StoreUnavailableError(
-            f"Milvus at {self.server} did not answer after {self._retries + 1} attempts: "
-            f"{_first_line(failure)}"
-        )
 
     def _scan(self, fields: list[str]) -> Iterator[list[dict[str, Any]]]:
         if self._encoder is None:
@@ -463,54 +368,6 @@ class MilvusStore:
             consistency_level=self._consistency,
         )
 
-    def _ensure_meta_collection(self) -> None:
-        from pymilvus import DataType, MilvusClient
-
-        if self._call(self._client.has_collection, self._meta_name):
-            return
-        # Milvus needs a vector field in every collection: a 2-d placeholder.
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=256)
-        schema.add_field("value", DataType.VARCHAR, max_length=65535)
-        schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
-        index = self._client.prepare_index_params()
-        index.add_index("placeholder", index_type="FLAT", metric_type="L2")
-        self._call(
-            self._client.create_collection,
-            self._meta_name,
-            schema=schema,
-            index_params=index,
-            consistency_level=self._consistency,
-        )
-
-    def _meta(self, key: str) -> str | None:
-        rows = self._call(
-            self._client.get,
-            self._meta_name,
-            ids=[f"{self.collection}/{key}"],
-            output_fields=["value"],
-            consistency_level=self._consistency,
-        )
-        return str(rows[0]["value"]) if rows else None
-
-    def _put_meta(self, key: str, value: str) -> None:
-        row = {"key": f"{self.collection}/{key}", "value": value, "placeholder": [0.0, 0.0]}
-        self._call(self._client.upsert, self._meta_name, [row])
-
-    def _check_schema_version(self) -> None:
-        found = self._meta("schema_version")
-        if found is None:
-            self._put_meta("schema_version", str(SCHEMA_VERSION))
-        check_schema_version(found, SCHEMA_VERSION, self.location)
-
-    def _read_encoder(self) -> EncoderInfo | None:
-        record = {}
-        for key in ("encoder_name", "encoder_version", "encoder_dim", "encoder_preprocessing"):
-            value = self._meta(key)
-            if value is not None:
-                record[key] = value
-        return encoder_from_record(record)
-
 
 def _expression(checked: Conditions) -> str:
     """Filter conditions (`stores.filters`) -> a Milvus boolean expression on the JSON payload.
@@ -534,13 +391,3 @@ def _expression(checked: Conditions) -> str:
 
 def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
-
-
-def _transient(exc: Exception) -> bool:
-    text = str(exc).lower()
-    return any(word in text for word in ("unavailable", "timeout", "deadline", "connection", "not ready"))
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
