@@ -111,10 +111,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from imagefinder.config import Settings
-    from imagefinder.service import ImageFinder
     from imagefinder.sources import CsvSource
     from imagefinder.stores.embedded import EmbeddedStore
-    from imagefinder.wiring import build_configured_encoder, build_fetcher, image_limits
+    from imagefinder.wiring import build_configured_encoder, build_fetcher, compose_service, image_limits
 
     settings = Settings()
     rng = random.Random(7)
@@ -131,7 +130,7 @@ def main() -> None:
             base = server.stdout.readline().strip()  # type: ignore[union-attr]
             plan = build_csv(work / "list.csv", base, good, extra, args.rows, rng)
             encoder = build_configured_encoder(settings)
-            service = ImageFinder(
+            service = compose_service(
                 encoder,
                 EmbeddedStore(work / "index"),
                 image_limits(settings),

@@ -102,7 +102,7 @@ def main() -> None:
         # searched through the approximate index, as `make bench` builds them).
         big_settings = Settings(home=work / "big", query_views="single")
         big = random_store(big_settings.store_dir, encoder.info)
-        service_for(big_settings, encoder, big).refit(force=True)
+        service_for(big_settings, encoder, big).maintenance.refit(force=True)
         big.optimise()
         stages["index_search_k3_at_100k"] = median_ms(lambda i: big.search(vector, 3))
         stages["index_search_8_views_k3_at_100k"] = median_ms(

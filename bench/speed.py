@@ -242,7 +242,7 @@ def main() -> None:
             originals, embed_images(encoder, [Image.open(p) for p in paths[: len(queries)]]), [{}] * 20
         )
         big_service = service_for(big_settings, encoder, big)
-        big_service.refit(force=True)
+        big_service.maintenance.refit(force=True)
         big.optimise()
         index_at_100k = big.index_stats()
         shared_models = Settings(home=Path("~/.imagefinder")).model_cache_dir  # where `encoder` came from

@@ -47,6 +47,8 @@ class FakeEncoder:
 
     info = EncoderInfo(name="fake", version="1", dim=192, preprocessing="8x8 thumbnail")
     min_short_side = 8
+    registered = None
+    embed_texts = None
 
     def __init__(self) -> None:
         self.calls: list[int] = []

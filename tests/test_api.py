@@ -12,9 +12,9 @@ from imagefinder.api import create_app
 from imagefinder.config import ApiSettings
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
 from imagefinder.images import ImageLimits
-from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import compose_service
 from tests.factories import encode, gradient, png_bomb
 
 LIMITS = ImageLimits(max_pixels=20_000_000, max_bytes=3_000_000)
@@ -25,7 +25,7 @@ def client(
     tmp_path_factory: pytest.TempPathFactory, real_encoder: OnnxEncoder, photos: Path
 ) -> Iterator[TestClient]:
     store = EmbeddedStore(tmp_path_factory.mktemp("api-index"))
-    service = ImageFinder(real_encoder, store, LIMITS)
+    service = compose_service(real_encoder, store, LIMITS)
     service.index(FolderSource(photos, LIMITS.max_bytes))
     with TestClient(create_app(service, ApiSettings(max_k=10))) as test_client:
         yield test_client

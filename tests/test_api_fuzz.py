@@ -17,9 +17,9 @@ from imagefinder.config import ApiSettings
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
 from imagefinder.fetch import FetchSettings, HttpFetcher
 from imagefinder.images import ImageLimits
-from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import compose_service
 
 LIMITS = ImageLimits(max_pixels=20_000_000, max_bytes=3_000_000)
 
@@ -31,7 +31,7 @@ def api_schema(
     root = tmp_path_factory.mktemp("fuzz")
     # No retries and a short timeout: generated URLs must not make the run wait on the network.
     fetcher = HttpFetcher(FetchSettings(max_bytes=LIMITS.max_bytes, retries=0, timeout_s=1.0))
-    service = ImageFinder(
+    service = compose_service(
         real_encoder, EmbeddedStore(root / "index"), LIMITS, fetcher=fetcher, blobs=BlobStore(root / "files")
     )
     service.index(FolderSource(photos, LIMITS.max_bytes))

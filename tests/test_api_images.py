@@ -17,6 +17,7 @@ from imagefinder.images import ImageLimits, content_hash
 from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import compose_service
 from tests.factories import encode, gradient
 from tests.http_server import ImageServer
 
@@ -34,7 +35,7 @@ def server(photos: Path) -> Iterator[ImageServer]:
 
 def make_client(tmp_path: Path, encoder: OnnxEncoder, photos: Path, allow_private: bool) -> TestClient:
     fetcher = HttpFetcher(FetchSettings(max_bytes=LIMITS.max_bytes, allow_private=allow_private, retries=0))
-    service = ImageFinder(
+    service = compose_service(
         encoder,
         EmbeddedStore(tmp_path / "index"),
         LIMITS,

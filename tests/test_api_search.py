@@ -20,6 +20,7 @@ from imagefinder.images import ImageLimits
 from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import compose_service
 from tests.factories import encode, gradient, png_bomb
 from tests.http_server import ImageServer
 
@@ -30,7 +31,7 @@ LIMITS = ImageLimits(max_pixels=20_000_000, max_bytes=3_000_000)
 def service(tmp_path_factory: pytest.TempPathFactory, real_encoder: OnnxEncoder, photos: Path) -> ImageFinder:
     root = tmp_path_factory.mktemp("api-search")
     fetcher = HttpFetcher(FetchSettings(max_bytes=LIMITS.max_bytes, retries=0))
-    built = ImageFinder(
+    built = compose_service(
         real_encoder, EmbeddedStore(root / "index"), LIMITS, fetcher=fetcher, blobs=BlobStore(root / "files")
     )
     built.index(FolderSource(photos, LIMITS.max_bytes))

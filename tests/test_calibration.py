@@ -9,9 +9,9 @@ from imagefinder.calibration import DEFAULT_THRESHOLD, HIGHEST, LOWEST, copy_thr
 from imagefinder.encoders.base import l2_normalise
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
 from imagefinder.images import ImageLimits
-from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import compose_service
 from tests.test_real_model import edited_copy
 
 
@@ -42,11 +42,11 @@ def test_sampling_large_collections_stays_close() -> None:
 def test_copies_are_flagged_and_other_photos_are_not(
     tmp_path: Path, real_encoder: OnnxEncoder, photos: Path
 ) -> None:
-    service = ImageFinder(real_encoder, EmbeddedStore(tmp_path / "index"), ImageLimits())
+    service = compose_service(real_encoder, EmbeddedStore(tmp_path / "index"), ImageLimits())
     service.index(FolderSource(photos, 10**8))
     assert LOWEST <= service.copy_threshold <= HIGHEST
     copy = service.search_bytes(edited_copy(photos / "rocket.jpg", "crop"), k=3)
     assert copy[0].id == "rocket.jpg" and copy[0].is_copy and not any(r.is_copy for r in copy[1:])
-    service.remove(["rocket.jpg"])
+    service.collection.remove(["rocket.jpg"])
     gone = service.search_bytes(edited_copy(photos / "rocket.jpg", "crop"), k=3)
     assert not any(r.is_copy for r in gone)

@@ -26,9 +26,9 @@ from imagefinder.encoders import build_encoder  # noqa: E402
 from imagefinder.encoders.base import embed_images  # noqa: E402
 from imagefinder.errors import EncoderMismatchError, ModelUnavailableError, TextSearchUnsupportedError  # noqa: E402
 from imagefinder.images import ImageLimits  # noqa: E402
-from imagefinder.service import ImageFinder  # noqa: E402
 from imagefinder.sources import FolderSource  # noqa: E402
 from imagefinder.stores.embedded import EmbeddedStore  # noqa: E402
+from imagefinder.wiring import compose_service
 from tests.factories import FakeEncoder  # noqa: E402
 from tests.hf_models import build_tiny_models  # noqa: E402
 
@@ -92,7 +92,7 @@ def test_a_model_that_does_not_export_runs_in_torch(
 def test_index_and_search_with_a_hub_model(
     tmp_path: Path, tiny: dict[str, Path], cache: Path, photos: Path
 ) -> None:
-    service = ImageFinder(
+    service = compose_service(
         build_encoder(f"hf:{tiny['dinov2']}", cache),
         EmbeddedStore(tmp_path),
         ImageLimits(),
@@ -104,7 +104,9 @@ def test_index_and_search_with_a_hub_model(
 
 
 def test_clip_searches_by_text(tmp_path: Path, tiny: dict[str, Path], cache: Path, photos: Path) -> None:
-    service = ImageFinder(build_encoder(f"hf:{tiny['clip']}", cache), EmbeddedStore(tmp_path), ImageLimits())
+    service = compose_service(
+        build_encoder(f"hf:{tiny['clip']}", cache), EmbeddedStore(tmp_path), ImageLimits()
+    )
     service.index(FolderSource(photos, 10**8))
     assert service.supports_text
     results = service.search_text("a red bicycle", k=4)
@@ -119,7 +121,7 @@ def test_clip_searches_by_text(tmp_path: Path, tiny: dict[str, Path], cache: Pat
 
 
 def test_text_search_needs_a_clip_family_model(tmp_path: Path) -> None:
-    service = ImageFinder(FakeEncoder(), EmbeddedStore(tmp_path), ImageLimits())
+    service = compose_service(FakeEncoder(), EmbeddedStore(tmp_path), ImageLimits())
     with pytest.raises(TextSearchUnsupportedError, match="CLIP-family"):
         service.search_text("a cat", k=3)
     with TestClient(create_app(service, ApiSettings())) as client:
@@ -131,11 +133,11 @@ def test_an_index_refuses_another_model(
     tmp_path: Path, tiny: dict[str, Path], cache: Path, photos: Path
 ) -> None:
     vit = build_encoder(f"hf:{tiny['vit']}", cache)
-    ImageFinder(vit, EmbeddedStore(tmp_path), ImageLimits()).index(FolderSource(photos, 10**8))
+    compose_service(vit, EmbeddedStore(tmp_path), ImageLimits()).index(FolderSource(photos, 10**8))
     with pytest.raises(
         EncoderMismatchError, match=r"built with encoder hf:.*vit.*cannot be searched.*dinov2"
     ):
-        ImageFinder(build_encoder(f"hf:{tiny['dinov2']}", cache), EmbeddedStore(tmp_path), ImageLimits())
+        compose_service(build_encoder(f"hf:{tiny['dinov2']}", cache), EmbeddedStore(tmp_path), ImageLimits())
 
 
 def test_a_hub_id_fails_at_once_and_clearly_when_offline(cache: Path) -> None:

@@ -10,6 +10,7 @@ from imagefinder.images import ImageLimits
 from imagefinder.service import ImageFinder
 from imagefinder.sources import CsvSource, FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import compose_service
 from tests.factories import FakeEncoder, encode, gradient, png_bomb
 
 LIMITS = ImageLimits(max_pixels=1_000_000, max_bytes=2_000_000)
@@ -17,7 +18,7 @@ LIMITS = ImageLimits(max_pixels=1_000_000, max_bytes=2_000_000)
 
 def make_service(tmp_path: Path, batch_size: int = 4) -> tuple[ImageFinder, FakeEncoder]:
     encoder = FakeEncoder()
-    return ImageFinder(encoder, EmbeddedStore(tmp_path / "index"), LIMITS, batch_size=batch_size), encoder
+    return compose_service(encoder, EmbeddedStore(tmp_path / "index"), LIMITS, batch_size=batch_size), encoder
 
 
 @pytest.fixture
@@ -110,5 +111,5 @@ def test_csv_without_url_column_is_refused(tmp_path: Path) -> None:
 def test_remove(tmp_path: Path, folder: Path) -> None:
     service, _ = make_service(tmp_path)
     service.index(FolderSource(folder, LIMITS.max_bytes))
-    assert service.remove(["p0.jpg", "nope"]) == 1
+    assert service.collection.remove(["p0.jpg", "nope"]) == 1
     assert all(r.id != "p0.jpg" for r in service.search_bytes((folder / "p0.jpg").read_bytes(), k=10))

@@ -14,6 +14,7 @@ from imagefinder.images import ImageLimits
 from imagefinder.service import ImageFinder
 from imagefinder.sources import CsvSource, FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import compose_service
 from tests.factories import FakeEncoder, encode, gradient
 from tests.http_server import ImageServer
 
@@ -29,7 +30,7 @@ def server() -> Iterator[ImageServer]:
 
 
 def service_at(path: Path) -> ImageFinder:
-    return ImageFinder(FakeEncoder(), EmbeddedStore(path), LIMITS, batch_size=4)
+    return compose_service(FakeEncoder(), EmbeddedStore(path), LIMITS, batch_size=4)
 
 
 def fetcher() -> HttpFetcher:

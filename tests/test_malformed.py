@@ -17,8 +17,8 @@ from imagefinder.api import create_app
 from imagefinder.config import ApiSettings
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
 from imagefinder.images import ImageLimits
-from imagefinder.service import ImageFinder
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import compose_service
 from tests.factories import encode, gradient, png_bomb
 
 LIMITS = ImageLimits(max_pixels=25_000_000, max_bytes=2_000_000)
@@ -88,8 +88,8 @@ def accepted() -> Iterator[tuple[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, real_encoder: OnnxEncoder) -> Iterator[TestClient]:
-    service = ImageFinder(real_encoder, EmbeddedStore(tmp_path_factory.mktemp("hostile")), LIMITS)
-    service.add_bytes(encode(gradient(1)), "seed")
+    service = compose_service(real_encoder, EmbeddedStore(tmp_path_factory.mktemp("hostile")), LIMITS)
+    service.collection.add_bytes(encode(gradient(1)), "seed")
     with TestClient(create_app(service, ApiSettings()), raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -98,9 +98,9 @@ def test_migration_carries_the_search_space_so_copies_are_judged_alike(
 
     from imagefinder.encoders.lite0 import lite0_encoder
     from imagefinder.images import ImageLimits
-    from imagefinder.service import ImageFinder
     from imagefinder.stores.embedded import EmbeddedStore
     from imagefinder.stores.milvus import MilvusStore
+    from imagefinder.wiring import compose_service
 
     shutil.copytree(model_cache, tmp_path / "models")
     collection = tmp_path / "collection"
@@ -141,7 +141,7 @@ def test_migration_carries_the_search_space_so_copies_are_judged_alike(
     for label, store in stores.items():
         space = store.search_space
         assert space.projection is not None, f"{label}: the collection was not whitened"
-        service = ImageFinder(encoder, store, ImageLimits(), query_views="single")
+        service = compose_service(encoder, store, ImageLimits(), query_views="single")
         answers[label] = [
             [(r.id, round(r.score, 3), r.is_copy) for r in service.search_bytes(data, k=3)]
             for data in queries

@@ -11,6 +11,7 @@ from imagefinder.images import ImageLimits
 from imagefinder.service import ImageFinder, QueryViews
 from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.views import REGION_PENALTY, ROTATION_PENALTY, VIEW_SOURCE_SIDE, extra_views, view_source
+from imagefinder.wiring import compose_service
 from tests.factories import FakeEncoder, encode, gradient
 
 
@@ -18,12 +19,12 @@ from tests.factories import FakeEncoder, encode, gradient
 # input, too small for regions.
 def service_with(tmp_path: Path, mode: QueryViews) -> tuple[ImageFinder, FakeEncoder]:
     encoder = FakeEncoder()
-    service = ImageFinder(
+    service = compose_service(
         encoder, EmbeddedStore(tmp_path / mode), ImageLimits(), query_views=mode, whitening=0
     )
     for seed in range(30):
-        service.add_bytes(encode(gradient(seed)), f"g{seed}.jpg")
-    service.calibrate()
+        service.collection.add_bytes(encode(gradient(seed)), f"g{seed}.jpg")
+    service.maintenance.calibrate()
     return service, encoder
 
 
@@ -108,7 +109,7 @@ def test_the_api_and_the_cli_choose_the_views_per_request(tmp_path: Path) -> Non
 
 def test_nothing_to_find_runs_no_second_pass(tmp_path: Path) -> None:
     encoder = FakeEncoder()
-    empty = ImageFinder(encoder, EmbeddedStore(tmp_path / "empty"), ImageLimits(), whitening=0)
+    empty = compose_service(encoder, EmbeddedStore(tmp_path / "empty"), ImageLimits(), whitening=0)
     assert empty.search_bytes(encode(gradient(1), "PNG"), k=3) == []
     assert encoder.calls == [1]
     service, encoder = service_with(tmp_path, "adaptive")

@@ -14,9 +14,10 @@ from imagefinder.encoders.base import embed_images
 from imagefinder.encoders.lite0 import LITE0_INFO, LITE0_INT8_INFO, ensure_lite0_int8_onnx, ensure_lite0_onnx
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
 from imagefinder.images import ImageLimits
-from imagefinder.service import ImageFinder, QueryViews
+from imagefinder.service import QueryViews
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.wiring import compose_service
 
 LIMITS = ImageLimits()
 
@@ -73,7 +74,7 @@ def test_int8_vectors_match_the_fp32_ones(model_cache: Path, real_encoder: OnnxE
 def test_edited_copy_finds_its_original_first(
     tmp_path: Path, real_encoder: OnnxEncoder, photos: Path, edit: str
 ) -> None:
-    service = ImageFinder(real_encoder, EmbeddedStore(tmp_path / "index"), LIMITS)
+    service = compose_service(real_encoder, EmbeddedStore(tmp_path / "index"), LIMITS)
     report = service.index(FolderSource(photos, LIMITS.max_bytes))
     assert report.indexed == len(list(photos.iterdir())) and report.failed == 0
     misses = []
@@ -91,7 +92,7 @@ def test_adaptive_views_find_turned_and_pasted_copies(
     noisy picture: the plain query misses most; the second pass finds them and flags the copy."""
     modes: tuple[QueryViews, ...] = ("single", "adaptive")
     services = {
-        mode: ImageFinder(real_encoder, EmbeddedStore(tmp_path / mode), LIMITS, query_views=mode)
+        mode: compose_service(real_encoder, EmbeddedStore(tmp_path / mode), LIMITS, query_views=mode)
         for mode in modes
     }
     for service in services.values():

@@ -9,10 +9,10 @@ import pytest
 from imagefinder.encoders.base import EncoderInfo, l2_normalise
 from imagefinder.images import ImageLimits
 from imagefinder.search_space import SearchSpace
-from imagefinder.service import ImageFinder
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.whitening import MIN_IMAGES, fit_whitening
+from imagefinder.wiring import compose_service
 from tests.factories import FakeEncoder, encode, gradient
 
 INFO = EncoderInfo("test-encoder", "1", 16, "none")
@@ -116,13 +116,13 @@ def test_the_service_refits_after_each_index_run(tmp_path: Path) -> None:
     for n in range(MIN_IMAGES + 10):
         (folder / f"p{n:03d}.jpg").write_bytes(encode(gradient(n, (64, 48))))
     store = EmbeddedStore(tmp_path / "index")
-    service = ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.25)
+    service = compose_service(FakeEncoder(), store, ImageLimits(), whitening=0.25)
     service.index(FolderSource(folder, 10**7))
     assert store.search_space.dim(FakeEncoder.info.dim) < FakeEncoder.info.dim  # whitened space
     assert 0.3 <= service.copy_threshold <= 0.95
     for path in sorted(folder.iterdir())[:5]:
         assert service.search_bytes(path.read_bytes(), k=1)[0].id == path.name
-    off = ImageFinder(FakeEncoder(), EmbeddedStore(tmp_path / "raw"), ImageLimits(), whitening=0.0)
+    off = compose_service(FakeEncoder(), EmbeddedStore(tmp_path / "raw"), ImageLimits(), whitening=0.0)
     off.index(FolderSource(folder, 10**7))
     assert off.store.search_space.dim(FakeEncoder.info.dim) == FakeEncoder.info.dim
 
@@ -132,16 +132,18 @@ def test_a_large_collection_refits_on_drift_or_a_new_setting_only(
 ) -> None:
     """Past REFIT_ALWAYS_UP_TO, an index run refits only when the collection has grown by a
     quarter or the whitening settings (or the way of fitting) changed since the last fit."""
-    import imagefinder.service
+    import imagefinder.maintenance
 
-    monkeypatch.setattr(imagefinder.service, "REFIT_ALWAYS_UP_TO", 10)
+    monkeypatch.setattr(imagefinder.maintenance, "REFIT_ALWAYS_UP_TO", 10)
     store = EmbeddedStore(tmp_path / "index")
     store.bind_encoder(FakeEncoder.info)
     store.upsert([f"i{n:03d}" for n in range(100)], collection_of(100, FakeEncoder.info.dim), [{}] * 100)
-    ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.25).refit()
+    compose_service(FakeEncoder(), store, ImageLimits(), whitening=0.25).maintenance.refit()
     fitted = store.search_space.project(store.vectors())
-    ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.25).refit()  # same: kept
+    compose_service(FakeEncoder(), store, ImageLimits(), whitening=0.25).maintenance.refit()  # same: kept
     assert np.array_equal(store.search_space.project(store.vectors()), fitted)
-    ImageFinder(FakeEncoder(), store, ImageLimits(), whitening=0.5).refit()  # new power: refitted
+    compose_service(
+        FakeEncoder(), store, ImageLimits(), whitening=0.5
+    ).maintenance.refit()  # new power: refitted
     assert not np.allclose(store.search_space.project(store.vectors()), fitted, atol=1e-3)
     assert store.search_space.fitted_with == "power=0.5 dims=256 regularisation=0.5"

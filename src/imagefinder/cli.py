@@ -217,7 +217,7 @@ def remove(ctx: click.Context, ids: tuple[str, ...]) -> None:
 def info(ctx: click.Context, as_json: bool) -> None:
     """Show the index: image count, the encoder that built it, where it is stored."""
     from imagefinder.reindex import SERVE_WITH
-    from imagefinder.service import recorded_provenance
+    from imagefinder.maintenance import recorded_provenance
     from imagefinder.wiring import generations, open_store
 
     settings = _settings(ctx)
@@ -572,7 +572,7 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
     """Copy an index between stores (embedded <-> Milvus) without re-embedding any image."""
     import numpy as np
 
-    from imagefinder.service import PROVENANCE_KEYS
+    from imagefinder.maintenance import PROVENANCE_KEYS
     from imagefinder.wiring import open_store_at
 
     settings = _settings(ctx)

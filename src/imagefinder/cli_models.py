@@ -91,7 +91,7 @@ def finetune(ctx: click.Context, apply: bool, allow_missing: bool, quiet: bool, 
     options = FinetuneOptions(**chosen)
     service = build_service(settings)
     tracker = mlflow_tracker(settings) if settings.tracking.enabled else _tracking_off()
-    base_uri = service.provenance().get("model_uri")
+    base_uri = service.maintenance.provenance().get("model_uri")
     tuner = FineTuner(
         service.store,
         image_reader(settings),

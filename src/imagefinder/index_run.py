@@ -100,7 +100,7 @@ class IndexRun:
                 warnings.append(str(exc))
             # The run that last changed the index is the one that built what is served.
             changed = bool(report.indexed or report.pruned)
-            service.record_provenance(run.run_id if changed else None, model)
+            service.maintenance.record_provenance(run.run_id if changed else None, model)
         return IndexRunResult(report, count, report_path, failures_path, run.run_id, model, warnings)
 
 

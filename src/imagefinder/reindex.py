@@ -76,7 +76,7 @@ class Reindexer:
                         f"{report.failed} of {report.seen} images could not be embedded again, so the "
                         f"index was not switched ({problems}); fix them, or pass --allow-missing"
                     )
-                service.record_provenance(run_id, model)
+                service.maintenance.record_provenance(run_id, model)
                 if model is not None:
                     service.store.set_meta(SERVE_WITH, model.uri)
             finally:

@@ -8,17 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from imagefinder.blobs import BlobStore
+from imagefinder.collection import Collection
 from imagefinder.config import Settings
 from imagefinder.encoders import Encoder, build_encoder
 from imagefinder.fetch import FetchSettings, HttpFetcher
 from imagefinder.generations import Generations
 from imagefinder.images import ImageLimits
+from imagefinder.indexer import Indexer
+from imagefinder.maintenance import Maintenance
 from imagefinder.reindex import SERVE_WITH, Reindexer
-from imagefinder.service import ImageFinder
+from imagefinder.service import ImageFinder, QueryViews
 from imagefinder.stores.base import VectorStore
 from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.tracking import MODEL_URI_PREFIX, MlflowTracker, NoTracker, Tracker
 from imagefinder.training.data import ImageReader
+from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -117,7 +121,7 @@ def build_service(settings: Settings) -> ImageFinder:
 def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> ImageFinder:
     """A service over a given encoder and store (evaluation runs reuse one encoder for several
     temporary stores), configured from `settings`."""
-    return ImageFinder(
+    return compose_service(
         encoder,
         store,
         image_limits(settings),
@@ -130,6 +134,34 @@ def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> Ima
         thumbnails=settings.home_dir / "thumbnails",
         whitening=settings.whitening,
         search_dims=settings.search_dims,
+    )
+
+
+def compose_service(
+    encoder: Encoder,
+    store: VectorStore,
+    limits: ImageLimits,
+    *,
+    batch_size: int = 32,
+    decode_workers: int = 2,
+    fetch_workers: int = 8,
+    fetcher: HttpFetcher | None = None,
+    blobs: BlobStore | None = None,
+    query_views: QueryViews = "adaptive",
+    thumbnails: Path | None = None,
+    whitening: float = DEFAULT_POWER,
+    search_dims: int = DEFAULT_DIMS,
+) -> ImageFinder:
+    """The service and its parts over one encoder and store: the indexer, the collection of single
+    images and the maintenance of the search space and provenance."""
+    return ImageFinder(
+        encoder,
+        store,
+        limits,
+        Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers),
+        Collection(encoder, store, limits, fetcher, blobs, thumbnails),
+        Maintenance(encoder, store, whitening, search_dims),
+        query_views,
     )
 
 

@@ -102,7 +102,7 @@ def create_app(
             images=loaded.count() if loaded else None,
             text_search=bool(loaded and loaded.supports_text),
             index=loaded.store.index_stats() if loaded else None,
-            mlflow=loaded.provenance() if loaded else None,
+            mlflow=loaded.maintenance.provenance() if loaded else None,
         )
 
     @app.get(

@@ -54,14 +54,14 @@ async def add_image(request: Request, response: Response, service: Service) -> A
         data, _, form = await read_form_file(request, service.limits.max_bytes)
         image_id = form.get("id")
         result = await run_in_threadpool(
-            service.add_bytes, data, image_id if isinstance(image_id, str) and image_id else None
+            service.collection.add_bytes, data, image_id if isinstance(image_id, str) and image_id else None
         )
     elif content_type.startswith("application/json"):
         try:
             body = AddUrl.model_validate_json(await request.body())
         except ValidationError as exc:
             raise ApiError(422, "invalid_request", describe_validation(exc)) from None
-        result = await run_in_threadpool(service.add_url, body.url, body.id)
+        result = await run_in_threadpool(service.collection.add_url, body.url, body.id)
     elif not content_type:
         raise ApiError(
             422,
@@ -100,7 +100,7 @@ def list_images(
             thumbnail_url=image_url(image_id, "thumbnail"),
             file_url=image_url(image_id, "file"),
         )
-        for image_id, payload in service.browse(offset, limit)
+        for image_id, payload in service.collection.browse(offset, limit)
     ]
     model = ModelInfo(name=service.model.name, version=service.model.version)
     return ImagePage(total=service.count(), offset=offset, limit=limit, model=model, images=images)
@@ -113,7 +113,7 @@ def list_images(
     dependencies=[ReadAccess],
 )
 def image_thumbnail(image_id: str, service: Service) -> Response:
-    path = service.thumbnail(image_id)
+    path = service.collection.thumbnail(image_id)
     return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
 
 
@@ -124,7 +124,7 @@ def image_thumbnail(image_id: str, service: Service) -> Response:
     dependencies=[ReadAccess],
 )
 def image_file(image_id: str, service: Service) -> Response:
-    location = service.file_location(image_id)
+    location = service.collection.file_location(image_id)
     if location.path is not None:
         return FileResponse(location.path)
     return RedirectResponse(str(location.url), status_code=307)
@@ -134,7 +134,7 @@ def image_file(image_id: str, service: Service) -> Response:
     "/{image_id:path}", response_model=ImageRecord, summary="Metadata of one image", dependencies=[ReadAccess]
 )
 def get_image(image_id: str, service: Service) -> ImageRecord:
-    return ImageRecord(id=image_id, payload=dict(service.get(image_id)))
+    return ImageRecord(id=image_id, payload=dict(service.collection.get(image_id)))
 
 
 @router.delete(
@@ -145,7 +145,7 @@ def get_image(image_id: str, service: Service) -> ImageRecord:
     dependencies=[WriteAccess],
 )
 def delete_image(image_id: str, service: Service) -> Response:
-    service.delete(image_id)
+    service.collection.delete(image_id)
     return Response(status_code=204)
 
 

@@ -98,7 +98,7 @@ async def search(
         elif query.text is not None:
             results = await run_in_threadpool(service.search_text, query.text, k, min_score, fields)
         else:
-            data = await run_in_threadpool(service.fetch_url, str(query.url))
+            data = await run_in_threadpool(service.collection.fetch_url, str(query.url))
             results = await _search_bytes(request, service, data, str(query.url), k, min_score, fields, views)
     elif not content_type:
         raise ApiError(

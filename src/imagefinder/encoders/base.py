@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,10 +22,27 @@ class EncoderInfo:
     preprocessing: str
 
 
+class RegisteredVersion(Protocol):
+    """The MLflow model version an encoder was loaded from (`tracking.ModelRecord`)."""
+
+    @property
+    def uri(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+
 class Encoder(Protocol):
     info: EncoderInfo
     # Short side (pixels) the preprocessing needs; the decoder may decode JPEGs no smaller than this.
     min_short_side: int
+    # The registered version it was loaded from; None when it was not loaded from the registry.
+    registered: RegisteredVersion | None
+    # texts -> (n, dim) vectors in the image space, for CLIP-family models; None for the others.
+    embed_texts: Callable[[Sequence[str]], NDArray[np.float32]] | None
 
     def preprocess(self, image: Image.Image) -> NDArray[np.float32]:
         """One RGB image -> the model's input array for it. Pure and thread-safe."""

@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from imagefinder.encoders.base import EncoderInfo, l2_normalise
+from imagefinder.encoders.base import EncoderInfo, RegisteredVersion, l2_normalise
 from imagefinder.errors import ModelUnavailableError
 
 PREFIX = "hf:"
@@ -114,6 +114,8 @@ class TorchEncoder:
     """Runs the image tower in torch (a GPU when asked), for models that do not export to ONNX."""
 
     runtime = "torch"
+
+    registered: RegisteredVersion | None = None  # loaded from a folder or the Hub, never the registry
 
     def __init__(
         self, tower: Any, info: EncoderInfo, preprocess: Any, size: int, device: str, text: Any

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from imagefinder.encoders.base import EncoderInfo, l2_normalise
+from imagefinder.encoders.base import EncoderInfo, RegisteredVersion, l2_normalise
 
 # Models up to this size get one single-threaded session per core ("lanes", see OnnxEncoder);
 # each lane holds its own copy of the weights, so larger models keep one session.
@@ -33,6 +33,10 @@ class OnnxEncoder:
     a small model gets one 1-thread session per core (lanes), and a batch of several images is
     cut into chunks that the lanes run side by side. A single image (a query's first pass) still
     runs on one session using every core, which is the quicker way for one image."""
+
+    registered: RegisteredVersion | None = None  # set by `tracking` when loaded from the registry
+    # A Hugging Face CLIP model exported to ONNX sets its text tower here.
+    embed_texts: Callable[[Sequence[str]], NDArray[np.float32]] | None = None
 
     def __init__(
         self,

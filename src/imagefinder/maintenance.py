@@ -1,0 +1,92 @@
+"""Keeping an index fit to search: its search space (the whitening learned from the collection and
+the copy threshold calibrated in it) and its provenance (the MLflow run and registered model
+version that built it).
+"""
+
+from __future__ import annotations
+
+from imagefinder.calibration import copy_threshold
+from imagefinder.encoders.base import Encoder
+from imagefinder.errors import EncoderMismatchError
+from imagefinder.stores.base import VectorStore
+from imagefinder.tracking import ModelRecord
+from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, REGULARISATION, fit_whitening
+
+# Up to this size the whitening is learned again after every index run (seconds at most);
+# beyond it, only when the collection has grown or shrunk by a quarter since the last fit, since
+# a new projection means re-projecting and re-indexing every stored vector. The fit and the copy
+# threshold use a random sample of this many vectors.
+REFIT_ALWAYS_UP_TO = 50_000
+FIT_SAMPLE = 50_000
+# What an index records about the model and the MLflow run that built it (see record_provenance).
+PROVENANCE_KEYS = ("model_uri", "model_registry_version", "model_sha256", "index_run_id")
+
+
+class Maintenance:
+    def __init__(
+        self,
+        encoder: Encoder,
+        store: VectorStore,
+        whitening: float = DEFAULT_POWER,
+        search_dims: int = DEFAULT_DIMS,
+    ) -> None:
+        self.encoder = encoder
+        self.store = store
+        self._whitening = whitening
+        self._search_dims = search_dims
+
+    def refit(self, force: bool = False) -> None:
+        """Learn the whitening from the collection as it is now (see REFIT_ALWAYS_UP_TO), then the
+        copy threshold in the whitened space, and make them the store's search space. After each
+        index run; single API adds use the current fit."""
+        space = self.store.search_space
+        n = self.store.count()
+        drifted = not (space.fitted_on / 1.25 <= n <= space.fitted_on * 1.25)
+        # A changed setting (or way of fitting) refits a large collection too, not only drift.
+        fitted_with = f"power={self._whitening} dims={self._search_dims} regularisation={REGULARISATION}"
+        sample = self.store.vectors(limit=FIT_SAMPLE)
+        if force or n <= REFIT_ALWAYS_UP_TO or drifted or space.fitted_with != fitted_with:
+            space = space.fitted(fit_whitening(sample, self._whitening, self._search_dims), n, fitted_with)
+        self.store.set_search_space(space.calibrated(copy_threshold(space.project(sample))))
+
+    def calibrate(self) -> float:
+        """Recompute the "is this a copy?" threshold from the collection (see `calibration`)."""
+        space = self.store.search_space
+        space = space.calibrated(copy_threshold(space.project(self.store.vectors(limit=FIT_SAMPLE))))
+        self.store.set_search_space(space)
+        return space.copy_threshold
+
+    # -- provenance (MLflow) ---------------------------------------------------------------
+
+    def provenance(self) -> dict[str, str | None]:
+        """Which registered model version built this index, and the MLflow run that built it."""
+        recorded = recorded_provenance(self.store)
+        served = self.encoder.registered
+        recorded["served_model_uri"] = served.uri if served is not None else None
+        return recorded
+
+    def record_provenance(self, run_id: str | None, model: ModelRecord | None) -> None:
+        """Remember the index run and the registered encoder version with the index."""
+        if run_id:
+            self.store.set_meta("index_run_id", run_id)
+        if model is not None:
+            self.store.set_meta("model_uri", model.uri)
+            self.store.set_meta("model_registry_version", model.version)
+            self.store.set_meta("model_sha256", model.sha256)
+
+    def check_registered_model(self) -> None:
+        """A registered version asked for by URI must be the one the index was built with: the
+        same name/version/dim is checked by the store, the same ONNX file (SHA-256) here."""
+        served = self.encoder.registered
+        built_sha = self.store.get_meta("model_sha256")
+        if served is None or not built_sha or served.sha256 == built_sha:
+            return
+        raise EncoderMismatchError(
+            f"the index was built by {self.store.get_meta('model_uri')} (sha256 {built_sha[:12]}), "
+            f"not by {served.uri} (sha256 {served.sha256[:12]}); serve it with the model that built "
+            "it or rebuild the index"
+        )
+
+
+def recorded_provenance(store: VectorStore) -> dict[str, str | None]:
+    return {key: store.get_meta(key) for key in PROVENANCE_KEYS}
