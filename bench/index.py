@@ -1,8 +1,12 @@
-"""The embedded store at 100k and 1M images: build, memory, disk, latency, recall, reopen.
+"""The embedded store from 25k to 1M images: build, memory, disk, latency, recall, reopen.
 
-Vectors: a synthetic mixture of 1,000 Gaussians in 256 dimensions (the default `search_dims`),
-L2-normalised; queries are 500 fresh draws from the same mixture (not stored points). Recall@10
-is measured against exact search on the same vectors. For each N a child process builds the
+Data sets, each in 256 dimensions (the default `search_dims`), L2-normalised:
+- `tight` and `overlapping`: a synthetic mixture of 1,000 Gaussians, spread 0.8 (tight clusters)
+  and 2.0 (clusters that overlap, far harder for an approximate index); queries are 500 fresh
+  draws from the same mixture (not stored points);
+- `real`: real image embeddings, the dev benchmark's photos under seeded edits, whitened
+  (`bench/real_embeddings.py`, built once and cached; rows only up to the cached size).
+Recall@10 is measured against exact search on the same vectors. For each N a child process builds the
 store the way `imagefinder index` does (upserts in batches of 2,000 with payloads, then
 `optimise()`), and a second child reopens it and measures, so memory is that of a process which
 only opened the store (RSS after open minus RSS before). Rows:
@@ -14,7 +18,8 @@ only opened the store (RSS after open minus RSS before). Rows:
   standalone) at `--milvus-size` (100k): build includes waiting for Milvus's HNSW build; memory is
   the server process's RSS growth.
 
-usage: python bench/index.py [--sizes 100000,1000000] [--out bench/results/index.json]
+usage: python bench/index.py [--sizes 25000,...,1000000] [--data tight,overlapping,real]
+                             [--out bench/results/index.json]
 """
 
 from __future__ import annotations
@@ -43,7 +48,36 @@ CLUSTERS = 1000
 QUERIES = 500
 
 
-SPREAD = 0.8  # per-dimension noise around each centre; set from --spread
+SPREADS = {"tight": 0.8, "overlapping": 2.0}
+DATA = "tight"  # the data set of this process; set from --data
+SPREAD = 0.8  # per-dimension noise around each centre, of the synthetic sets
+
+
+def base_vectors(n: int) -> np.ndarray:
+    if DATA == "real":
+        return real_set(n)[0]
+    return mixture(n, seed=1)
+
+
+def query_vectors(n: int) -> np.ndarray:
+    if DATA == "real":
+        return real_set(n)[1]
+    return mixture(QUERIES, seed=2)
+
+
+def real_set(n: int) -> tuple[np.ndarray, np.ndarray]:
+    from bench.real_embeddings import load
+
+    loaded = load(n)
+    if loaded is None:
+        raise SystemExit(f"no cached real embeddings for n={n}: python bench/real_embeddings.py --n {n}")
+    return loaded
+
+
+def describe(data: str) -> str:
+    if data == "real":
+        return "real: dev benchmark photos under seeded edits, embedded and whitened to 256-d"
+    return f"{data}: mixture of {CLUSTERS} Gaussians, spread {SPREADS[data]}"
 
 
 def mixture(n: int, seed: int) -> np.ndarray:
@@ -124,7 +158,7 @@ def build(path: Path, n: int) -> dict[str, Any]:
     from imagefinder.encoders.base import EncoderInfo
     from imagefinder.stores.embedded import EmbeddedStore
 
-    vectors = mixture(n, seed=1)
+    vectors = base_vectors(n)
     started = time.perf_counter()
     store = EmbeddedStore(path)
     store.bind_encoder(EncoderInfo("synthetic", "1", DIM, "none"))
@@ -148,7 +182,7 @@ def measure(path: Path, n: int) -> dict[str, Any]:
     assert count == n, (count, n)
     stats = store.index_stats()
 
-    queries = mixture(QUERIES, seed=2)
+    queries = query_vectors(n)
     latencies, found = timed_searches(store, queries)
     filtered, _ = timed_searches(store, queries[:200], where={"source": "s3"})
     store.close()
@@ -161,7 +195,7 @@ def measure(path: Path, n: int) -> dict[str, Any]:
         swept.close()
 
     # Ground truth and the exact-scan baseline on the same vectors.
-    vectors = mixture(n, seed=1)
+    vectors = base_vectors(n)
     truth = exact_top10(vectors, queries)
     recall = recall_at_10(found, truth)
     sweep = [
@@ -231,7 +265,7 @@ def milvus_row(n: int) -> dict[str, Any]:
     try:
         pid = server.server_proc.pid
         rss_before = process_rss(pid)
-        vectors = mixture(n, seed=1)
+        vectors = base_vectors(n)
         started = time.perf_counter()
         store = MilvusStore(address, "bench")
         store.bind_encoder(EncoderInfo("synthetic", "1", DIM, "none"))
@@ -256,7 +290,7 @@ def milvus_row(n: int) -> dict[str, Any]:
         count = store.count()
         reopen_s = time.perf_counter() - t
         assert count == n, (count, n)
-        queries = mixture(QUERIES, seed=2)
+        queries = query_vectors(n)
         latencies, found = timed_searches(store, queries)
         filtered, _ = timed_searches(store, queries[:100], where={"source": "s3"})
         memory = process_rss(pid) - rss_before
@@ -287,21 +321,10 @@ def process_rss(pid: int) -> int:
     return 0
 
 
-def child(step: str, path: Path, n: int, spread: str) -> dict[str, Any]:
+def child(step: str, path: Path, n: int, data: str) -> dict[str, Any]:
     """Run one step in a fresh interpreter: memory and reopen time are not polluted by the build."""
     output = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--child",
-            step,
-            "--path",
-            str(path),
-            "--sizes",
-            str(n),
-            "--spread",
-            spread,
-        ],
+        [sys.executable, __file__, "--child", step, "--path", str(path), "--sizes", str(n), "--data", data],
         check=True,
         capture_output=True,
         text=True,
@@ -311,12 +334,12 @@ def child(step: str, path: Path, n: int, spread: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--sizes", default="25000,50000,100000,300000,1000000")
     parser.add_argument("--out", type=Path)
     parser.add_argument(
-        "--spread",
-        default="0.8,2.0",
-        help="noise around the centres, one run each: 0.8 gives tight clusters, 2.0 clusters that overlap",
+        "--data",
+        default="tight,overlapping,real",
+        help="data sets, one run each: tight, overlapping (synthetic), real (cached embeddings)",
     )
     parser.add_argument(
         "--milvus-size", type=int, default=100_000, help="N for the Milvus backend row (0: leave it out)"
@@ -325,9 +348,10 @@ def main() -> None:
     parser.add_argument("--path", type=Path)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    global SPREAD
+    global DATA, SPREAD
     if args.child:
-        SPREAD = float(args.spread)
+        DATA = args.data
+        SPREAD = SPREADS.get(DATA, SPREAD)
         if args.child == "milvus":
             result = milvus_row(sizes[0])
         else:
@@ -335,33 +359,41 @@ def main() -> None:
         print(json.dumps(result))  # noqa: T201  (read by the parent process)
         return
 
+    from bench.real_embeddings import load
+
     rows: list[dict[str, Any]] = []
-    for spread in args.spread.split(","):
+    for data in args.data.split(","):
         for n in sizes:
+            if data == "real" and load(n) is None:
+                note = f"real n={n}: not in the cache (bench/real_embeddings.py --n {n}); left out"
+                print(note, flush=True)  # noqa: T201
+                continue
             directory = Path(tempfile.mkdtemp(prefix=f"bench-index-{n}-"))
             try:
-                built = child("build", directory, n, spread)
-                measured = child("measure", directory, n, spread)
+                built = child("build", directory, n, data)
+                measured = child("measure", directory, n, data)
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
             measured["embedded"]["build_s"] = built["build_s"]
             rows += [measured["embedded"], measured["exact-numpy"]]
             for row in rows[-2:]:
-                row["data"] = f"mixture of {CLUSTERS} Gaussians, spread {spread}"
+                row["data"] = describe(data)
                 line = (
-                    f"{row['store']:>12} spread {spread} n={n:>8}  build {row.get('build_s', '-'):>6} s  "
+                    f"{row['store']:>12} {data:>11} n={n:>8}  build {row.get('build_s', '-'):>6} s  "
                     f"{row['bytes_per_vector']:>7} B/vec  p50 {row['p50_ms']:>7} ms  "
                     f"p99 {row['p99_ms']:>7} ms  {row['qps']:>8} q/s  recall@10 {row['recall_at_10']}  "
                     f"reopen {row.get('reopen_s', '-')} s  filtered p50 {row.get('filtered_p50_ms', '-')} ms"
                 )
                 print(line, flush=True)  # noqa: T201
     if args.milvus_size:
-        for spread in args.spread.split(","):
-            row = child("milvus", Path("-"), args.milvus_size, spread)
-            row["data"] = f"mixture of {CLUSTERS} Gaussians, spread {spread}"
+        for data in args.data.split(","):
+            if data == "real" and load(args.milvus_size) is None:
+                continue
+            row = child("milvus", Path("-"), args.milvus_size, data)
+            row["data"] = describe(data)
             rows.append(row)
             print(  # noqa: T201
-                f"      milvus spread {spread} n={row['n']:>8}  build {row['build_s']:>6} s  "
+                f"      milvus {data:>11} n={row['n']:>8}  build {row['build_s']:>6} s  "
                 f"{row['bytes_per_vector']:>7} B/vec  p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  "
                 f"{row['qps']:>8} q/s  recall@10 {row['recall_at_10']}  reopen {row['reopen_s']} s  "
                 f"filtered p50 {row['filtered_p50_ms']} ms",

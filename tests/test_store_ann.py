@@ -70,7 +70,8 @@ def test_switches_to_approximate_at_the_threshold_with_high_recall_and_exact_sco
         found += len({h.id for h in hits} & set(truth))
         # Returned scores are re-computed from the stored vectors, not the 8-bit codes.
         for hit in hits:
-            assert hit.score == pytest.approx(float(vectors[ids.index(hit.id)] @ query), abs=1e-5)
+            # (float16 vectors on disk: within 5e-4; the 8-bit codes would be off by about 1e-2)
+            assert hit.score == pytest.approx(float(vectors[ids.index(hit.id)] @ query), abs=5e-4)
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert found / (10 * len(queries)) >= 0.95
 

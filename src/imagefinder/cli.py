@@ -216,8 +216,8 @@ def remove(ctx: click.Context, ids: tuple[str, ...]) -> None:
 @_user_errors
 def info(ctx: click.Context, as_json: bool) -> None:
     """Show the index: image count, the encoder that built it, where it is stored."""
-    from imagefinder.reindex import SERVE_WITH
     from imagefinder.maintenance import recorded_provenance
+    from imagefinder.reindex import SERVE_WITH
     from imagefinder.wiring import generations, open_store
 
     settings = _settings(ctx)

@@ -50,12 +50,13 @@ class EmbeddedStore:
         exact_below: int = EXACT_BELOW,
         nprobe: int = DEFAULT_NPROBE,
         checkpoint_every: int = CHECKPOINT_EVERY,
+        vector_dtype: str = "float16",
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.location = str(directory)
         self._lock = threading.RLock()
-        self._catalog = Catalog(directory / DB_NAME)
+        self._catalog = Catalog(directory / DB_NAME, vector_dtype)
         self._index = LiveIndex(self._catalog, directory, exact_below, nprobe, checkpoint_every)
         self._encoder: EncoderInfo | None = None
         self._space = SearchSpace()
@@ -88,6 +89,7 @@ class EmbeddedStore:
                     self._catalog.set_meta(key, value)
                 self._write_space(space)
             self._encoder = info
+            self._catalog.dim = info.dim
             self._index.reset(space, info.dim)
 
     @property
@@ -119,7 +121,7 @@ class EmbeddedStore:
                 self._catch_up()
                 keys, seq = self._catalog.write(ids, vectors, payloads)
             # Memory changes only after the commit: a failed write leaves search unchanged.
-            self._index.written(keys, vectors, seq)
+            self._index.written(keys, self._catalog.as_stored(vectors), seq)
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
@@ -271,6 +273,7 @@ class EmbeddedStore:
         self._data_version = self._catalog.data_version()
         meta = self._catalog.meta()
         self._encoder = encoder_from_record(meta)
+        self._catalog.dim = self._encoder.dim if self._encoder else 0
         self._space_record = meta.get(RECORD_KEY, "")
         self._space = _space_from(meta, self._catalog.arrays())
         self._index.load(self._space, self._encoder.dim if self._encoder else 0)

@@ -29,6 +29,7 @@ from imagefinder.stores.ann import (
     Keys,
     VectorIndex,
     nlist_for,
+    probes_for,
     training_size,
 )
 from imagefinder.stores.catalog import Catalog
@@ -200,7 +201,10 @@ class LiveIndex:
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {"kind": self._index.kind, "vectors": len(self._index)}
         if isinstance(self._index, IvfIndex):
-            stats.update(nlist=self._index.nlist, nprobe=self._index.nprobe)
+            stats.update(
+                nlist=self._index.nlist,
+                nprobe=probes_for(self._index.nlist, len(self._index), self._index.nprobe),
+            )
         stats["dim"] = self._dim
         return stats
 
