@@ -122,6 +122,12 @@ def main() -> None:
         "--query-views", choices=["single", "adaptive"], help="Override IMAGEFINDER_QUERY_VIEWS."
     )
     parser.add_argument("--encoder", help="Override IMAGEFINDER_ENCODER (e.g. efficientnet-lite0-fp32).")
+    parser.add_argument(
+        "--vector-dtype",
+        default="float16",
+        choices=["float16", "float32"],
+        help="How the store keeps the vectors it re-scores from (float16, the default, or float32).",
+    )
     args = parser.parse_args()
     single_threaded_blas()  # as the CLI and the server run
     if not (args.benchmarks / "score.py").is_file():
@@ -140,6 +146,7 @@ def main() -> None:
             "preprocessing": encoder.info.preprocessing,
         },
         "query_views": settings.query_views,
+        "vector_dtype": args.vector_dtype,
         "machine": {
             "python": platform.python_version(),
             "processor": platform.machine(),
@@ -149,7 +156,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for task in ("near_duplicate", "same_class"):
-            service = service_for(settings, encoder, EmbeddedStore(work / task))
+            store = EmbeddedStore(work / task, vector_dtype=args.vector_dtype)
+            service = service_for(settings, encoder, store)
             output[task] = run_task(service, args.benchmarks / task, work, args.benchmarks / "score.py")
             service.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)

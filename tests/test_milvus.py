@@ -153,3 +153,27 @@ def test_migration_carries_the_search_space_so_copies_are_judged_alike(
         for ours, theirs in zip(answers["embedded"], answers[label], strict=True):
             assert [(i, c) for i, _, c in ours] == [(i, c) for i, _, c in theirs], label
             assert [s for _, s, _ in ours] == pytest.approx([s for _, s, _ in theirs], abs=2e-3), label
+
+
+def test_reindex_and_rollback_on_milvus_through_the_cli(
+    tmp_path: Path, few_dozen_photos: Path, model_cache: Path, milvus_server: str
+) -> None:
+    """A new generation of a Milvus index is another collection, switched in by the pointer
+    row; `info` names the generation served and `rollback` serves the first again."""
+    from tests.test_finetune_cli import run
+
+    home = tmp_path / "home"
+    shutil.copytree(model_cache, home / "models")
+    target = milvus_uri(milvus_server, f"gens_{int(time.time())}")
+    run(home, "--store", target, "index", str(few_dozen_photos), "--quiet")
+    first = json.loads(run(home, "--store", target, "info", "--json").stdout)
+    assert first["generation"] == "g0001" and first["store"].endswith(target.rsplit("/", 1)[1])
+    run(home, "--store", target, "reindex", "--model", "models:/imagefinder-encoder/1", "--quiet")
+    second = json.loads(run(home, "--store", target, "info", "--json").stdout)
+    assert second["generation"] == "g0002" and second["store"].endswith("_g0002")
+    assert second["images"] == first["images"] and second["search_space"]["copy_threshold"] > 0
+    query = str(few_dozen_photos / "rocket.jpg")
+    found = json.loads(run(home, "--store", target, "search", query, "--json").stdout)["results"]
+    assert found[0]["id"] == "rocket.jpg"
+    assert "g0001" in run(home, "--store", target, "rollback").stdout
+    assert json.loads(run(home, "--store", target, "info", "--json").stdout)["generation"] == "g0001"

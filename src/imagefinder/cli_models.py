@@ -11,7 +11,6 @@ import click
 
 from imagefinder.cli_support import _settings, _user_errors
 from imagefinder.config import Settings
-from imagefinder.generations import GenerationError
 
 
 @click.command()
@@ -161,10 +160,8 @@ def rollback(ctx: click.Context) -> None:
     """Serve the previous index generation again (a running server follows)."""
     from imagefinder.wiring import generations
 
-    settings = _settings(ctx)
-    _embedded_only(settings)
-    previous = generations(settings).rollback()
-    click.echo(f"now serving generation {previous.label} ({previous.path})")
+    previous = generations(_settings(ctx)).rollback()
+    click.echo(f"now serving generation {previous.label} ({previous.location})")
 
 
 def _reindex(settings: Settings, model_uri: str, allow_missing: bool, quiet: bool) -> None:
@@ -172,7 +169,6 @@ def _reindex(settings: Settings, model_uri: str, allow_missing: bool, quiet: boo
 
     from imagefinder.wiring import build_reindexer, build_tracker, mlflow_tracker, open_store
 
-    _embedded_only(settings)
     encoder = mlflow_tracker(settings).load_encoder(model_uri)
     current = open_store(settings)
     tracker = build_tracker(settings)
@@ -206,14 +202,6 @@ def _reindex(settings: Settings, model_uri: str, allow_missing: bool, quiet: boo
     )
 
 
-def _embedded_only(settings: Settings) -> None:
-    if settings.store.uri:
-        raise GenerationError(
-            "index generations (reindex, rollback) are for the embedded store; for Milvus, "
-            "`imagefinder migrate` into a new collection and point the server at it"
-        )
-
-
 def _tracking_off() -> Any:
     from imagefinder.tracking import NoTracker
 
@@ -230,7 +218,7 @@ def compare_models(settings: Settings, models: tuple[str, ...], params: dict[str
     import json
     import tempfile
 
-    from imagefinder.cli import _evaluate_one
+    from imagefinder.cli_evaluate import _evaluate_one
     from imagefinder.wiring import build_tracker
 
     arguments = {

@@ -1,5 +1,8 @@
-"""Index generations of the embedded store: a new index is built beside the one being served,
-then served from one atomic step on, and the previous one can be served again.
+"""Index generations: a new index is built beside the one being served, then served from one
+atomic step on, and the previous one can be served again. `IndexGenerations` is what the reindex
+use case and the server rely on; `Generations` here keeps them for the embedded store, and
+`stores.milvus_generations.MilvusGenerations` for a Milvus collection (one collection per
+generation, the pointer in its meta collection).
 
 Layout, for the index folder `base` (`<home>/index` unless configured):
 
@@ -21,9 +24,10 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from imagefinder.errors import ImageFinderError
 
@@ -35,12 +39,47 @@ class GenerationError(ImageFinderError):
 
 @dataclass(frozen=True)
 class Generation:
-    name: str  # "" for the first generation, which lives in the base folder itself
-    path: Path
+    name: str  # "" for the first generation, which lives where the index always lived
+    location: str  # a folder, or a milvus:// URI
 
     @property
     def label(self) -> str:
         return self.name or "g0001"
+
+    @property
+    def path(self) -> Path:
+        """The folder of an embedded store's generation."""
+        return Path(self.location)
+
+
+class IndexGenerations(Protocol):
+    def current(self) -> Generation: ...
+
+    def history(self) -> list[Generation]:
+        """Every generation that has been served, oldest first."""
+        ...
+
+    def token(self) -> str:
+        """Changes whenever the served generation changes; cheap enough to ask on every request."""
+        ...
+
+    def building(self) -> AbstractContextManager[Generation]:
+        """A new, empty generation for the duration of a build, kept from a second build at once.
+        A build that raises (or is killed) leaves nothing that is served."""
+        ...
+
+    def switch(self, generation: Generation) -> None:
+        """Serve `generation` from now on, in one atomic step."""
+        ...
+
+    def rollback(self) -> Generation:
+        """Serve the generation served before the current one again."""
+        ...
+
+
+def next_name(history: list[str]) -> str:
+    used = [int(m.group(1)) for name in history if (m := re.fullmatch(r"g(\d+)", name))]
+    return f"g{max([1, *used]) + 1:04d}"
 
 
 class Generations:
@@ -75,9 +114,7 @@ class Generations:
             except BlockingIOError:
                 raise GenerationError("another index generation is being built right now") from None
             self._remove_unserved()
-            state = self._state()
-            used = [int(m.group(1)) for name in state["history"] if (m := re.fullmatch(r"g(\d+)", name))]
-            generation = self._generation(f"g{max([1, *used]) + 1:04d}")
+            generation = self._generation(next_name(self._state()["history"]))  # type: ignore[arg-type]
             generation.path.mkdir(parents=True)
             try:
                 yield generation
@@ -105,7 +142,7 @@ class Generations:
         return previous
 
     def _generation(self, name: str) -> Generation:
-        return Generation(name, self.folder / name if name else self.base)
+        return Generation(name, str(self.folder / name if name else self.base))
 
     def _state(self) -> dict[str, object]:
         try:

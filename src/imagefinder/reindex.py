@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from urllib.parse import urlparse
 
 from imagefinder.encoders.base import Encoder
 from imagefinder.errors import FetchError, ImageFinderError
-from imagefinder.generations import Generation, Generations
+from imagefinder.generations import Generation, IndexGenerations
 from imagefinder.indexer import IndexReport
 from imagefinder.service import ImageFinder
 from imagefinder.sources import SourceItem
@@ -45,10 +44,10 @@ class ReindexResult:
 class Reindexer:
     def __init__(
         self,
-        generations: Generations,
+        generations: IndexGenerations,
         current: VectorStore,
         reader: ImageReader,
-        open_store: Callable[[Path], VectorStore],
+        open_store: Callable[[str], VectorStore],
         make_service: Callable[[Encoder, VectorStore], ImageFinder],
     ) -> None:
         self._generations = generations
@@ -67,7 +66,7 @@ class Reindexer:
     ) -> ReindexResult:
         previous = self._generations.current()
         with self._generations.building() as generation:
-            service = self._make_service(encoder, self._open_store(generation.path))
+            service = self._make_service(encoder, self._open_store(generation.location))
             try:
                 report = service.index(self.entries(), progress)
                 if report.failed and not allow_missing:

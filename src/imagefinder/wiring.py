@@ -12,7 +12,7 @@ from imagefinder.collection import Collection
 from imagefinder.config import Settings
 from imagefinder.encoders import Encoder, build_encoder
 from imagefinder.fetch import FetchSettings, HttpFetcher
-from imagefinder.generations import Generations
+from imagefinder.generations import Generations, IndexGenerations
 from imagefinder.images import ImageLimits
 from imagefinder.indexer import Indexer
 from imagefinder.maintenance import Maintenance
@@ -30,22 +30,36 @@ def image_limits(settings: Settings) -> ImageLimits:
 
 
 def open_store(settings: Settings) -> VectorStore:
-    """The embedded store's served generation under `store.path`, or a Milvus collection when
-    `store.uri` names one."""
-    if settings.store.uri:
-        return open_store_at(settings.store.uri, settings)
-    return open_store_at(str(generations(settings).current().path), settings)
+    """The served generation of the configured index: a folder under `store.path`, or a Milvus
+    collection when `store.uri` names one."""
+    return open_store_at(generations(settings).current().location, settings)
 
 
-def generations(settings: Settings) -> Generations:
-    """The embedded store's index generations (see `imagefinder.generations`)."""
-    return Generations(settings.store_dir)
+def generations(settings: Settings) -> IndexGenerations:
+    """The configured index's generations (see `imagefinder.generations`)."""
+    return generations_at(settings.store.uri or str(settings.store_dir))
 
 
-def serving_token(settings: Settings) -> Callable[[], str] | None:
-    """What changes when another generation is switched in, for a server to follow it; None
-    where there are no generations (a Milvus collection)."""
-    return None if settings.store.uri else generations(settings).token
+def generations_at(location: str) -> IndexGenerations:
+    if location.startswith(("milvus://", "milvuss://")):
+        from imagefinder.stores.milvus import parse_milvus_uri
+        from imagefinder.stores.milvus_generations import MilvusGenerations
+
+        return MilvusGenerations(*parse_milvus_uri(location))
+    return Generations(Path(location).expanduser())
+
+
+def serving_token(settings: Settings) -> Callable[[], str]:
+    """What changes when another generation is switched in, for a server to follow it. Connects
+    on first use, so a server starts (and says it is not ready) while Milvus is unreachable."""
+    opened: list[IndexGenerations] = []
+
+    def token() -> str:
+        if not opened:
+            opened.append(generations(settings))
+        return opened[0].token()
+
+    return token
 
 
 def open_store_at(location: str, settings: Settings) -> VectorStore:
@@ -198,6 +212,6 @@ def build_reindexer(settings: Settings, current: VectorStore) -> Reindexer:
         generations(settings),
         current,
         image_reader(settings),
-        lambda path: open_store_at(str(path), settings),
+        lambda location: open_store_at(location, settings),
         lambda encoder, store: service_for(settings, encoder, store),
     )

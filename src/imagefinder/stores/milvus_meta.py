@@ -90,6 +90,9 @@ class MilvusMeta:
     def put(self, key: str, value: str) -> None:
         self._put_rows({key: value})
 
+    def delete(self, key: str) -> None:
+        self._calls(self._calls.client.delete, META_COLLECTION, ids=[self._key(key)])
+
     # -- the encoder and the search space ---------------------------------------------------
 
     def encoder(self) -> EncoderInfo | None:
