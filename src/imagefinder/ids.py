@@ -1,9 +1,15 @@
-"""What makes an image id usable. Ids are opaque strings chosen by users (CSV ids, relative paths,
-API ids); these rules only keep out what would break URLs, logs or terminals downstream."""
+"""What makes an image id usable: one rule for every way ids enter (folder paths, CSV ids, the
+API). Ids are opaque strings chosen by users; these rules only keep out what would break URLs,
+logs or terminals downstream."""
 
 from __future__ import annotations
 
+import unicodedata
+
 MAX_ID_LENGTH = 512
+# An id is a path in the API's URLs (/images/{id}, /images/{id}/file): one ending like a
+# sub-resource would be read as that sub-resource of another id.
+SUB_RESOURCES = ("file", "thumbnail")
 
 
 def id_problem(image_id: str) -> str | None:
@@ -18,4 +24,11 @@ def id_problem(image_id: str) -> str | None:
         image_id.encode("utf-8")
     except UnicodeEncodeError:  # a file name that is not valid UTF-8 on disk
         return f"the id {image_id!r} is not valid UTF-8"
+    if any(unicodedata.category(ch) == "Cf" for ch in image_id):
+        return f"the id {image_id!r} contains invisible formatting characters (such as U+200B or U+202E)"
+    segments = image_id.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return f"the id {image_id!r} has a '.' or '..' path segment, which web clients collapse"
+    if len(segments) > 1 and segments[-1] in SUB_RESOURCES:
+        return f"the id {image_id!r} ends in /{segments[-1]}, which names a sub-resource in the API"
     return None

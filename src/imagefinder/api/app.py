@@ -20,6 +20,7 @@ from imagefinder.api import images, page, search
 from imagefinder.api.batcher import MicroBatcher
 from imagefinder.api.deps import Service
 from imagefinder.api.errors import install_error_handlers
+from imagefinder.api.http_methods import HeadAsGet
 from imagefinder.api.limits import BodyLimit
 from imagefinder.api.observability import Metrics, install_observability
 from imagefinder.api.schemas import Health, ModelInfo, Ready
@@ -81,8 +82,9 @@ def create_app(
     MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, max_body)
 
     install_observability(app, app.state.metrics)
-    # Outermost: refuse a body over the limit whether it declares its length or is chunked.
+    # Refuse a body over the limit whether it declares its length or is chunked, before anything.
     app.add_middleware(BodyLimit, max_bytes=max_body, limit_for_message=limits.max_bytes)
+    app.add_middleware(HeadAsGet)  # outermost: a HEAD runs as its GET through everything else
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

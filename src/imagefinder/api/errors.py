@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from imagefinder.errors import (
     CorruptImageError,
@@ -77,6 +78,22 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route answers at this request's path, asked of the router itself (a
+    FULL match per method), so included routers and mounts count too."""
+    methods = {
+        method
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+        )
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
@@ -106,8 +123,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(500, "internal_error", "an unexpected error occurred; it was logged")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
             exc.status_code, "http_error"
         )
-        return error_response(exc.status_code, code, str(exc.detail))
+        response = error_response(exc.status_code, code, str(exc.detail))
+        if exc.status_code == 405:
+            # Every method of every route at this path (a path can have a GET and a DELETE
+            # route), with HEAD wherever GET is (`http_methods.HeadAsGet`).
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
+        return response

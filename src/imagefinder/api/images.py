@@ -151,4 +151,5 @@ def delete_image(image_id: str, service: Service) -> Response:
 
 def image_url(image_id: str, what: str) -> str:
     """This API's link to an image's `file` or `thumbnail`."""
-    return f"/images/{quote(image_id, safe='/')}/{what}"
+    # Every character escaped, "/" too: a link is one path segment that no client normalises.
+    return f"/images/{quote(image_id, safe='')}/{what}"
