@@ -81,3 +81,43 @@ def test_made_up_methods_do_not_grow_the_metrics(base: str) -> None:
     text = httpx.get(base + "/metrics").text
     assert series() == before
     assert not re.search(r'method="MADEUP', text) and 'method="other"' in text
+
+
+def _noise_png(seed: int, side: int = 200) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_batch_may_carry_several_images_each_within_the_limit(tmp_path: Path) -> None:
+    """The request as a whole may hold up to max_batch_files images of the single-image limit."""
+    from fastapi.testclient import TestClient
+
+    from imagefinder.api import create_app
+    from imagefinder.config import ApiSettings
+    from imagefinder.images import ImageLimits
+    from imagefinder.stores.embedded import EmbeddedStore
+    from imagefinder.wiring import compose_service
+    from tests.factories import FakeEncoder
+
+    images = [_noise_png(seed) for seed in range(3)]
+    limit = max(len(data) for data in images) + 1000
+    service = compose_service(FakeEncoder(), EmbeddedStore(tmp_path), ImageLimits(max_bytes=limit))
+    service.collection.add_bytes(images[0], "seed.png")
+    with TestClient(create_app(service, ApiSettings())) as client:
+        files = [("files", (f"q{n}.png", data)) for n, data in enumerate(images)]
+        answered = client.post("/search/batch", files=files)
+        assert answered.status_code == 200, answered.text
+        assert [q["error"] for q in answered.json()["queries"]] == [None, None, None]
+        too_big = client.post("/search/batch", files=[("files", ("big.png", _noise_png(9, 400)))])
+        assert too_big.json()["queries"][0]["error"]["code"] == "image_too_large"
+        # One query per /search: two file parts are refused, not one of them silently taken.
+        small = [encode(gradient(seed, (40, 30))) for seed in (1, 2)]
+        two = client.post("/search", files=[("file", ("a.jpg", small[0])), ("file", ("b.jpg", small[1]))])
+        assert two.status_code == 422 and "got 2" in two.json()["error"]["message"]

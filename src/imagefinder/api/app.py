@@ -83,7 +83,13 @@ def create_app(
 
     install_observability(app, app.state.metrics)
     # Refuse a body over the limit whether it declares its length or is chunked, before anything.
-    app.add_middleware(BodyLimit, max_bytes=max_body, limit_for_message=limits.max_bytes)
+    batch_bytes = settings.max_batch_files * max_body
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=max_body,
+        limit_for_message=limits.max_bytes,
+        per_path={"/search/batch": (batch_bytes, settings.max_batch_files * limits.max_bytes)},
+    )
     app.add_middleware(HeadAsGet)  # outermost: a HEAD runs as its GET through everything else
     if settings.cors_origins:
         app.add_middleware(

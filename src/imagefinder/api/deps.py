@@ -81,6 +81,10 @@ async def read_limited(upload_read: Callable[[int], Awaitable[bytes]], max_bytes
 async def read_form_file(request: Request, max_bytes: int) -> tuple[bytes, str, FormData]:
     """The multipart part named `file` (at most `max_bytes`), its file name, and the whole form."""
     form = await request.form()
+    parts = form.getlist("file")
+    if len(parts) > 1:
+        # One query per request: taking one of several parts would answer a question not asked.
+        raise ApiError(422, "invalid_request", f"file: one part named 'file' expected, got {len(parts)}")
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise ApiError(422, "invalid_request", "file: a multipart part named 'file' is required")

@@ -7,26 +7,38 @@ tries to send, and answers 413 itself. No upload is buffered past the limit, how
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from imagefinder.api.errors import error_response
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, limit_for_message: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        limit_for_message: int,
+        per_path: Mapping[str, tuple[int, int]] | None = None,
+    ) -> None:
+        """`per_path`: path -> (max_bytes, limit_for_message) for requests that carry several
+        images (a batch of files, each within the single-image limit)."""
         self.app = app
         self.max_bytes = max_bytes
         self.limit_for_message = limit_for_message
+        self.per_path = dict(per_path or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, for_message = self.per_path.get(scope["path"], (self.max_bytes, self.limit_for_message))
         refusal = error_response(
-            413, "image_too_large", f"request body exceeds the limit of {self.limit_for_message} bytes"
+            413, "image_too_large", f"request body exceeds the limit of {for_message} bytes"
         )
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
+        if declared.isdigit() and int(declared) > max_bytes:
             await refusal(scope, receive, send)
             return
         seen = 0
@@ -40,7 +52,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     too_large = True
                     return {"type": "http.disconnect"}
             return message
