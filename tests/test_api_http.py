@@ -121,3 +121,54 @@ def test_a_batch_may_carry_several_images_each_within_the_limit(tmp_path: Path) 
         small = [encode(gradient(seed, (40, 30))) for seed in (1, 2)]
         two = client.post("/search", files=[("file", ("a.jpg", small[0])), ("file", ("b.jpg", small[1]))])
         assert two.status_code == 422 and "got 2" in two.json()["error"]["message"]
+
+
+def test_delete_removes_the_kept_original_and_its_thumbnail(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from imagefinder.api import create_app
+    from imagefinder.blobs import BlobStore
+    from imagefinder.config import ApiSettings
+    from imagefinder.images import ImageLimits
+    from imagefinder.stores.embedded import EmbeddedStore
+    from imagefinder.wiring import compose_service
+    from tests.factories import FakeEncoder
+
+    service = compose_service(
+        FakeEncoder(),
+        EmbeddedStore(tmp_path / "index"),
+        ImageLimits(),
+        blobs=BlobStore(tmp_path / "files"),
+        thumbnails=tmp_path / "thumbnails",
+    )
+    with TestClient(create_app(service, ApiSettings())) as client:
+        for image_id, seed in (("gone.jpg", 5), ("kept.jpg", 6)):
+            data = encode(gradient(seed, (300, 200)))
+            assert (
+                client.post("/images", data={"id": image_id}, files={"file": ("x.jpg", data)}).status_code
+                == 201
+            )
+            assert client.get(f"/images/{image_id}/thumbnail").status_code == 200
+        files = sorted(p for p in (tmp_path / "files").rglob("*.jpg"))
+        thumbnails = sorted((tmp_path / "thumbnails").rglob("*.jpg"))
+        assert len(files) == len(thumbnails) == 2
+        assert client.delete("/images/gone.jpg").status_code == 204
+        assert len([p for p in files if p.exists()]) == len([p for p in thumbnails if p.exists()]) == 1
+        assert client.get("/images/kept.jpg/file").status_code == 200
+
+
+def test_partial_blobs_of_a_killed_write_are_swept_when_the_store_opens(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from imagefinder.blobs import STALE_PARTIAL_S, BlobStore
+
+    BlobStore(tmp_path).put(encode(gradient(1)), "ab" * 32)
+    stale, fresh = tmp_path / ".partial" / "old.tmp", tmp_path / ".partial" / "new.tmp"
+    for path in (stale, fresh):
+        path.write_bytes(b"half an image")
+    old = time.time() - STALE_PARTIAL_S - 60
+    os.utime(stale, (old, old))
+    BlobStore(tmp_path)
+    assert not stale.exists() and fresh.exists()  # a fresh one may be another process's write
+    assert len(list(tmp_path.rglob("*.jpg"))) == 1

@@ -106,8 +106,19 @@ class Collection:
         return payload
 
     def delete(self, image_id: str) -> None:
-        if self._store.delete([image_id]) == 0:
+        """Remove the image, and the original and thumbnail kept for it when no other image has
+        the same bytes."""
+        payload = self._store.get(image_id)
+        if payload is None or self._store.delete([image_id]) == 0:
             raise UnknownIdError(image_id)
+        digest = str(payload.get("hash") or "")
+        if not digest or self._store.find_by_hash(digest) is not None:
+            return
+        kept = Path(str(payload.get("file") or ""))
+        if self._blobs is not None and payload.get("file") and self._blobs.holds(kept):
+            kept.unlink(missing_ok=True)
+        if self._thumbnails is not None:
+            (self._thumbnails / digest[:2] / f"{digest}.jpg").unlink(missing_ok=True)
 
     def remove(self, ids: Sequence[str]) -> int:
         return self._store.delete(ids)
