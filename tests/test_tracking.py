@@ -235,3 +235,35 @@ def test_tracking_can_be_switched_off(tmp_path: Path, photos: Path, model_cache:
     result = run_cli(tmp_path, "index", str(photos), "--quiet", tracking=False)
     assert "mlflow:" not in result.stdout
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_a_run_whose_process_was_killed_is_marked_failed_by_the_next(
+    tmp_path: Path, few_dozen_photos: Path, model_cache: Path
+) -> None:
+    """SIGKILL leaves an MLflow run RUNNING; the next run of this machine marks it FAILED."""
+    import shutil
+    import sqlite3
+
+    from tests.test_finetune_cli import run
+    from tests.test_finetune_kill import kill_when
+
+    home = tmp_path / "home"
+    shutil.copytree(model_cache, home / "models")
+
+    def index_running(home: Path) -> bool:
+        try:
+            with sqlite3.connect(home / "mlflow.db", timeout=1) as db:
+                found = db.execute(
+                    "SELECT count(*) FROM runs WHERE name LIKE 'index%' AND status = 'RUNNING'"
+                )
+                return bool(found.fetchone()[0])
+        except sqlite3.Error:
+            return False
+
+    assert kill_when(home, index_running, ["index", str(few_dozen_photos), "--quiet"])
+    with sqlite3.connect(home / "mlflow.db") as db:
+        assert db.execute("SELECT status FROM runs").fetchall() == [("RUNNING",)]
+    run(home, "index", str(few_dozen_photos), "--quiet")
+    with sqlite3.connect(home / "mlflow.db") as db:
+        statuses = db.execute("SELECT status FROM runs ORDER BY start_time").fetchall()
+    assert statuses == [("FAILED",), ("FINISHED",)]

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagefinder.errors import ModelUnavailableError, TrackingError
+from imagefinder.processes import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +162,14 @@ class MlflowTracker:
 
     @contextmanager
     def run(self, kind: str, name: str) -> Iterator[TrackedRun]:
+        """Runs record the process that runs them, so that the next run can mark one whose
+        process was killed (SIGKILL leaves no chance to) as failed instead of running forever."""
         client = self._client()
+        owner = {"imagefinder.host": socket.gethostname(), "imagefinder.pid": str(os.getpid())}
         try:
-            created = client.create_run(self.experiment_id(), run_name=name, tags={"imagefinder.kind": kind})
+            experiment = self.experiment_id()
+            self._fail_orphans(client, experiment)
+            created = client.create_run(experiment, run_name=name, tags={"imagefinder.kind": kind, **owner})
         except Exception as exc:  # noqa: BLE001
             raise TrackingError(f"cannot start an MLflow run in {self.uri}: {exc}") from exc
         run = _MlflowRun(client, created.info.run_id)
@@ -172,6 +179,24 @@ class MlflowTracker:
             client.set_terminated(created.info.run_id, "FAILED")
             raise
         client.set_terminated(created.info.run_id, "FINISHED")
+
+    @staticmethod
+    def _fail_orphans(client: Any, experiment: str) -> None:
+        """Mark FAILED the RUNNING runs of this host whose process is gone."""
+        from mlflow.entities import ViewType
+
+        host = socket.gethostname()
+        running = client.search_runs(
+            [experiment],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`imagefinder.host` = '{host}'",
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=1000,
+        )
+        for found in running:
+            pid = int(found.data.tags.get("imagefinder.pid", "0") or 0)
+            if pid and not process_alive(pid):
+                client.set_tag(found.info.run_id, "imagefinder.ended", "its process was killed")
+                client.set_terminated(found.info.run_id, "FAILED")
 
     def register_encoder(
         self, encoder: Any, run: TrackedRun, tags: Mapping[str, str] | None = None

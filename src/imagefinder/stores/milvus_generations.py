@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from imagefinder.generations import Generation, GenerationError, next_name
+from imagefinder.processes import process_alive
 from imagefinder.stores.milvus_meta import META_COLLECTION, MilvusCalls, MilvusMeta
 
 POINTER = "generations"
@@ -107,7 +108,7 @@ class MilvusGenerations:
         held = self._meta.get(LOCK, "Strong")
         if held is not None:
             holder = json.loads(held)
-            if holder.get("host") != socket.gethostname() or _alive(int(holder.get("pid", 0))):
+            if holder.get("host") != socket.gethostname() or process_alive(int(holder.get("pid", 0))):
                 raise GenerationError(
                     f"another index generation of {self._collection} is being built right now (process "
                     f"{holder.get('pid')} on {holder.get('host')}, since {holder.get('since')})"
@@ -130,15 +131,3 @@ class MilvusGenerations:
             self._calls(self._calls.client.drop_collection, name)
         # Its facts in the meta collection go with it.
         self._calls(self._calls.client.delete, META_COLLECTION, filter=f'key like "{name}/%"')
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
