@@ -172,3 +172,38 @@ def test_partial_blobs_of_a_killed_write_are_swept_when_the_store_opens(tmp_path
     BlobStore(tmp_path)
     assert not stale.exists() and fresh.exists()  # a fresh one may be another process's write
     assert len(list(tmp_path.rglob("*.jpg"))) == 1
+
+
+def test_the_error_table_the_readme_and_the_openapi_document_agree(tmp_path: Path) -> None:
+    """Every code the README documents is in the handlers' table with the same status, every code
+    of the table is documented and appears in the OpenAPI document, and each route's error
+    responses use the one error shape (not FastAPI's default 422 body)."""
+    from imagefinder.api import create_app
+    from imagefinder.api.errors import ANY_ROUTE, CODES
+    from imagefinder.config import ApiSettings
+    from imagefinder.images import ImageLimits
+    from imagefinder.stores.embedded import EmbeddedStore
+    from imagefinder.wiring import compose_service
+    from tests.factories import FakeEncoder
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    documented = {
+        code: int(status) for status, code in re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", readme, re.M)
+    }
+    assert documented == {code: status for code, (status, _) in CODES.items()}
+
+    service = compose_service(FakeEncoder(), EmbeddedStore(tmp_path), ImageLimits())
+    document = create_app(service, ApiSettings()).openapi()
+    seen: set[str] = set()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if not status.startswith(("4", "5")) or path == "/ready":
+                    continue
+                codes = response.get("x-error-codes")
+                assert codes, f"{method} {path} {status}: no error codes listed"
+                assert all(CODES[code][0] == int(status) for code in codes), (method, path, status)
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
+                seen.update(codes)
+    assert seen | set(ANY_ROUTE) == set(CODES)

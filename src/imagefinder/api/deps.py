@@ -22,7 +22,7 @@ def _service(request: Request) -> ImageFinder:
     service: ImageFinder | None = request.app.state.service
     if service is None:
         reason = request.app.state.load_error or "the model and the index are still loading"
-        raise ApiError(503, "not_ready", reason)
+        raise ApiError("not_ready", reason)
     return service
 
 
@@ -46,7 +46,7 @@ def _key_matches(request: Request, settings: ApiSettings) -> bool:
 
 def require_write_key(request: Request, settings: Settings) -> None:
     if settings.api_keys and not _key_matches(request, settings):
-        raise ApiError(401, "unauthorized", "this operation needs a valid API key in the X-API-Key header")
+        raise ApiError("unauthorized", "this operation needs a valid API key in the X-API-Key header")
 
 
 def require_read_key(request: Request, settings: Settings) -> None:
@@ -74,7 +74,7 @@ async def read_limited(upload_read: Callable[[int], Awaitable[bytes]], max_bytes
     """Read at most max_bytes + 1 of an upload, so an oversized one is detected, not buffered."""
     data = await upload_read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ApiError(413, "image_too_large", f"upload exceeds the limit of {max_bytes} bytes")
+        raise ApiError("image_too_large", f"upload exceeds the limit of {max_bytes} bytes")
     return data
 
 
@@ -84,8 +84,8 @@ async def read_form_file(request: Request, max_bytes: int) -> tuple[bytes, str, 
     parts = form.getlist("file")
     if len(parts) > 1:
         # One query per request: taking one of several parts would answer a question not asked.
-        raise ApiError(422, "invalid_request", f"file: one part named 'file' expected, got {len(parts)}")
+        raise ApiError("invalid_request", f"file: one part named 'file' expected, got {len(parts)}")
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
-        raise ApiError(422, "invalid_request", "file: a multipart part named 'file' is required")
+        raise ApiError("invalid_request", "file: a multipart part named 'file' is required")
     return await read_limited(upload.read, max_bytes), upload.filename or "<upload>", form

@@ -4,6 +4,7 @@ error types to HTTP status codes. The only place status codes are chosen."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from imagefinder.api.schemas import ErrorResponse
 from imagefinder.errors import (
     CorruptImageError,
     DuplicateImageError,
@@ -28,29 +30,56 @@ from imagefinder.errors import (
     UnsupportedImageError,
 )
 
+# Every error code the API answers with: its status and what it means. The handlers take the
+# status from here, and the OpenAPI document lists each route's codes from here (`documented`).
+CODES: dict[str, tuple[int, str]] = {
+    "bad_request": (400, "the request cannot be parsed (a malformed multipart body)"),
+    "corrupt_image": (400, "the file is not a readable image"),
+    "unauthorized": (401, "this operation needs a valid API key"),
+    "unknown_id": (404, "no indexed image has this id, or its original is gone"),
+    "not_found": (404, "no such route"),
+    "method_not_allowed": (405, "the route does not answer this method; Allow lists those it does"),
+    "duplicate_image": (409, "the same bytes are indexed under another id"),
+    "encoder_mismatch": (409, "the index was built by another encoder"),
+    "image_too_large": (413, "the body, the file or its pixel count exceeds a limit (named)"),
+    "unsupported_image": (415, "not an image format ImageFinder accepts"),
+    "unsupported_media_type": (415, "the body is neither multipart/form-data nor JSON"),
+    "invalid_request": (422, "a missing or invalid parameter, field or part"),
+    "invalid_id": (422, "an id that URLs, logs or terminals would misread"),
+    "invalid_filter": (422, "a where= filter outside the filter grammar"),
+    "fetch_failed": (422, "the URL could not be downloaded, or points at a non-public address"),
+    "text_search_unsupported": (422, "a text query to a model that has no text tower"),
+    "internal_error": (500, "a bug: logged with its traceback"),
+    "store_error": (502, "the vector store refused the request"),
+    "not_ready": (503, "the model and the index are still loading"),
+    "store_unavailable": (503, "the vector store cannot be reached"),
+}
+# Answered by the HTTP layer on any path rather than by a route.
+ANY_ROUTE = ("not_found", "method_not_allowed", "internal_error")
+
 # Most specific first: the first matching class decides.
-_STATUS: list[tuple[type[ImageFinderError], int, str]] = [
-    (ImageTooLargeError, 413, "image_too_large"),
-    (UnsupportedImageError, 415, "unsupported_image"),
-    (CorruptImageError, 400, "corrupt_image"),
-    (UnknownIdError, 404, "unknown_id"),
-    (EncoderMismatchError, 409, "encoder_mismatch"),
-    (DuplicateImageError, 409, "duplicate_image"),
-    (InvalidIdError, 422, "invalid_id"),
-    (InvalidFilterError, 422, "invalid_filter"),
-    (StoreUnavailableError, 503, "store_unavailable"),
-    (StoreError, 502, "store_error"),
-    (FetchError, 422, "fetch_failed"),
-    (TextSearchUnsupportedError, 422, "text_search_unsupported"),
+_CODE_OF: list[tuple[type[ImageFinderError], str]] = [
+    (ImageTooLargeError, "image_too_large"),
+    (UnsupportedImageError, "unsupported_image"),
+    (CorruptImageError, "corrupt_image"),
+    (UnknownIdError, "unknown_id"),
+    (EncoderMismatchError, "encoder_mismatch"),
+    (DuplicateImageError, "duplicate_image"),
+    (InvalidIdError, "invalid_id"),
+    (InvalidFilterError, "invalid_filter"),
+    (StoreUnavailableError, "store_unavailable"),
+    (StoreError, "store_error"),
+    (FetchError, "fetch_failed"),
+    (TextSearchUnsupportedError, "text_search_unsupported"),
 ]
 
 
 class ApiError(Exception):
-    """An error raised by a route itself (bad parameter, missing part), with its status."""
+    """An error raised by a route itself (bad parameter, missing part); its status is its code's."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
+        self.status = CODES[code][0]
         self.code = code
         self.message = message
 
@@ -58,10 +87,27 @@ class ApiError(Exception):
 def status_and_code(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, ApiError):
         return exc.status, exc.code
-    for error_type, status, code in _STATUS:
+    for error_type, code in _CODE_OF:
         if isinstance(exc, error_type):
-            return status, code
-    return 400, "bad_request"
+            return CODES[code][0], code
+    return CODES["bad_request"][0], "bad_request"
+
+
+def documented(*codes: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route that can answer these codes (and those of every
+    route): one entry per status, in the one error shape, naming its codes."""
+    by_status: dict[int, list[str]] = {}
+    for code in (*codes, *ANY_ROUTE):
+        if code not in ("not_found", "method_not_allowed"):  # not the route's own answers
+            by_status.setdefault(CODES[code][0], []).append(code)
+    return {
+        status: {
+            "model": ErrorResponse,
+            "description": "; ".join(f"`{code}`: {CODES[code][1]}" for code in listed),
+            "x-error-codes": listed,
+        }
+        for status, listed in sorted(by_status.items())
+    }
 
 
 def error_body(exc: Exception) -> dict[str, str]:
@@ -95,6 +141,8 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
+    """The one error shape. `status` is CODES[code]'s, except for `http_error` (any other
+    refusal of the HTTP layer, with its own status)."""
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
@@ -114,13 +162,17 @@ def install_error_handlers(app: FastAPI) -> None:
         for error in exc.errors():
             where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
             parts.append(f"{where}: {error.get('msg', 'invalid')}")
-        return error_response(422, "invalid_request", "; ".join(parts) or "invalid request")
+        return error_response(
+            CODES["invalid_request"][0], "invalid_request", "; ".join(parts) or "invalid request"
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # A bug, not the client's fault: logged with its traceback, answered in the same shape.
         logging.getLogger("imagefinder.api").exception("unexpected error")
-        return error_response(500, "internal_error", "an unexpected error occurred; it was logged")
+        return error_response(
+            CODES["internal_error"][0], "internal_error", "an unexpected error occurred; it was logged"
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

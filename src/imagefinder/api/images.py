@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from imagefinder.api.deps import ReadAccess, Service, WriteAccess, read_form_file
-from imagefinder.api.errors import ApiError, describe_validation
+from imagefinder.api.errors import ApiError, describe_validation, documented
 from imagefinder.api.schemas import (
     Added,
     AddUrl,
@@ -22,6 +22,20 @@ from imagefinder.api.schemas import (
     ImageSummary,
     ModelInfo,
     multipart_or_json_body,
+)
+
+# What every route over the index may answer while it loads or its store is away.
+_STORE = ("not_ready", "store_unavailable", "store_error")
+# What an uploaded or downloaded image may be refused for.
+_UPLOAD = (
+    "bad_request",
+    "corrupt_image",
+    "image_too_large",
+    "unsupported_image",
+    "unsupported_media_type",
+    "invalid_request",
+    "fetch_failed",
+    *_STORE,
 )
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -45,7 +59,7 @@ _ADD_BODY = multipart_or_json_body(
     dependencies=[WriteAccess],
     responses={
         200: {"description": "Already indexed under this id"},
-        409: {"description": "The same bytes are indexed under another id"},
+        **documented(*_UPLOAD, "unauthorized", "duplicate_image", "encoder_mismatch", "invalid_id"),
     },
 )
 async def add_image(request: Request, response: Response, service: Service) -> Added:
@@ -60,17 +74,15 @@ async def add_image(request: Request, response: Response, service: Service) -> A
         try:
             body = AddUrl.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise ApiError(422, "invalid_request", describe_validation(exc)) from None
+            raise ApiError("invalid_request", describe_validation(exc)) from None
         result = await run_in_threadpool(service.collection.add_url, body.url, body.id)
     elif not content_type:
         raise ApiError(
-            422,
             "invalid_request",
             "missing image: send multipart/form-data with a file, or application/json with a url",
         )
     else:
         raise ApiError(
-            415,
             "unsupported_media_type",
             "send multipart/form-data with a file, or application/json with a url",
         )
@@ -84,6 +96,7 @@ async def add_image(request: Request, response: Response, service: Service) -> A
     response_model=ImagePage,
     summary="Browse the collection: a page of images in id order",
     dependencies=[ReadAccess],
+    responses=documented("unauthorized", "invalid_request", *_STORE),
 )
 def list_images(
     service: Service,
@@ -109,6 +122,9 @@ def list_images(
 @router.get(
     "/{image_id:path}/thumbnail",
     summary="A small JPEG of the image (long side 256 px), cached",
+    responses=documented(
+        "unauthorized", "unknown_id", "invalid_request", "corrupt_image", "image_too_large", *_STORE
+    ),
     response_class=Response,
     dependencies=[ReadAccess],
 )
@@ -120,6 +136,7 @@ def image_thumbnail(image_id: str, service: Service) -> Response:
 @router.get(
     "/{image_id:path}/file",
     summary="The original image (or a redirect to its URL)",
+    responses=documented("unauthorized", "unknown_id", "invalid_request", *_STORE),
     response_class=Response,
     dependencies=[ReadAccess],
 )
@@ -131,7 +148,11 @@ def image_file(image_id: str, service: Service) -> Response:
 
 
 @router.get(
-    "/{image_id:path}", response_model=ImageRecord, summary="Metadata of one image", dependencies=[ReadAccess]
+    "/{image_id:path}",
+    response_model=ImageRecord,
+    summary="Metadata of one image",
+    dependencies=[ReadAccess],
+    responses=documented("unauthorized", "unknown_id", "invalid_request", *_STORE),
 )
 def get_image(image_id: str, service: Service) -> ImageRecord:
     return ImageRecord(id=image_id, payload=dict(service.collection.get(image_id)))
@@ -141,6 +162,7 @@ def get_image(image_id: str, service: Service) -> ImageRecord:
     "/{image_id:path}",
     status_code=204,
     summary="Remove one image from the index",
+    responses=documented("unauthorized", "unknown_id", "invalid_request", *_STORE),
     response_class=Response,
     dependencies=[WriteAccess],
 )

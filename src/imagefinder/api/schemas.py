@@ -53,6 +53,12 @@ class ErrorBody(BaseModel):
     message: str
 
 
+class ErrorResponse(BaseModel):
+    """Every error the API answers, whatever its status."""
+
+    error: ErrorBody
+
+
 class BatchItem(BaseModel):
     filename: str
     results: list[Result] = Field(default_factory=list)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from imagefinder.api.deps import ReadAccess, Service, Settings, embed_prepared, read_form_file, read_limited
-from imagefinder.api.errors import ApiError, describe_validation, error_body
+from imagefinder.api.errors import ApiError, describe_validation, documented, error_body
 from imagefinder.api.images import image_url
 from imagefinder.api.schemas import (
     BatchItem,
@@ -27,15 +27,32 @@ from imagefinder.stores.base import parse_where
 
 router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "The file is not a readable image"},
-    401: {"description": "An API key is required"},
-    404: {"description": "Unknown id"},
-    413: {"description": "The file or its pixel count exceeds a limit"},
-    415: {"description": "Not an image format we accept, or an unsupported request content type"},
-    422: {"description": "Missing or invalid query or parameter; a URL that cannot be fetched"},
-    503: {"description": "The model and the index are still loading"},
-}
+_QUERY = (
+    "bad_request",
+    "unauthorized",
+    "corrupt_image",
+    "image_too_large",
+    "unsupported_image",
+    "invalid_request",
+    "invalid_filter",
+    "not_ready",
+    "store_unavailable",
+    "store_error",
+)
+_ERRORS = documented(
+    *_QUERY, "unknown_id", "unsupported_media_type", "fetch_failed", "text_search_unsupported"
+)
+# Each file's own refusal is an entry of the 200 answer; these refuse the request as a whole.
+_BATCH_ERRORS = documented(
+    "bad_request",
+    "unauthorized",
+    "image_too_large",
+    "invalid_request",
+    "invalid_filter",
+    "not_ready",
+    "store_unavailable",
+    "store_error",
+)
 
 _WHERE_HELP = (
     "Only images whose payload field has this value, as field=value (repeat for several fields, "
@@ -92,7 +109,7 @@ async def search(
         try:
             query = SearchQuery.model_validate_json(await request.body())
         except ValidationError as exc:
-            raise ApiError(422, "invalid_request", describe_validation(exc)) from None
+            raise ApiError("invalid_request", describe_validation(exc)) from None
         if query.id is not None:
             results = await run_in_threadpool(service.search_id, query.id, k, min_score, exclude_self, fields)
         elif query.text is not None:
@@ -102,13 +119,11 @@ async def search(
             results = await _search_bytes(request, service, data, str(query.url), k, min_score, fields, views)
     elif not content_type:
         raise ApiError(
-            422,
             "invalid_request",
             "missing query: send multipart/form-data with a file, or application/json with a url or an id",
         )
     else:
         raise ApiError(
-            415,
             "unsupported_media_type",
             "send multipart/form-data with a file, or application/json with a url or an id",
         )
@@ -124,13 +139,13 @@ async def search(
     "/search/batch",
     response_model=BatchResponse,
     summary="Search with several uploaded images at once (multipart `files`)",
-    responses=_ERRORS,
+    responses=_BATCH_ERRORS,
 )
 async def search_batch(
     request: Request,
     service: Service,
     settings: Settings,
-    files: Annotated[list[UploadFile], File(description="The query images")],
+    files: Annotated[list[UploadFile], File(description="The query images", min_length=1)],
     k: Annotated[int | None, Query(ge=1)] = None,
     min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
     where: Annotated[list[str] | None, Query(description=_WHERE_HELP)] = None,
@@ -140,7 +155,7 @@ async def search_batch(
     k = _check_k(k, settings.default_k, settings.max_k)
     fields = parse_where(where or [])
     if len(files) > settings.max_batch_files:
-        raise ApiError(422, "invalid_request", f"at most {settings.max_batch_files} files per batch")
+        raise ApiError("invalid_request", f"at most {settings.max_batch_files} files per batch")
     started = time.perf_counter()
     items: list[BatchItem] = []
     prepared = []
@@ -183,7 +198,7 @@ async def _search_bytes(
 def _check_k(k: int | None, default: int, largest: int) -> int:
     k = k or default
     if k > largest:
-        raise ApiError(422, "invalid_request", f"k must be at most {largest}")
+        raise ApiError("invalid_request", f"k must be at most {largest}")
     return k
 
 
