@@ -207,3 +207,7 @@ def test_the_error_table_the_readme_and_the_openapi_document_agree(tmp_path: Pat
                 assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
                 seen.update(codes)
     assert seen | set(ANY_ROUTE) == set(CODES)
+    k = next(p for p in document["paths"]["/search"]["post"]["parameters"] if p["name"] == "k")
+    assert {"type": "integer", "minimum": 1, "maximum": ApiSettings().max_k}.items() <= next(
+        option for option in k["schema"]["anyOf"] if option.get("type") == "integer"
+    ).items()

@@ -9,6 +9,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -136,7 +137,36 @@ def create_app(
     app.include_router(images.router)
     app.include_router(page.router)
     app.mount("/static", page.static_files(), name="static")
+    _document_the_settings(app, settings)
     return app
+
+
+def _document_the_settings(app: FastAPI, settings: ApiSettings) -> None:
+    """The OpenAPI document states the limits this server was started with (the routes are
+    declared once, before any settings exist): k's maximum."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            for operations in document["paths"].values():
+                for operation in operations.values():
+                    for parameter in operation.get("parameters", []):
+                        if parameter["name"] == "k" and parameter["in"] == "query":
+                            _schema_of(parameter)["maximum"] = settings.max_k
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _schema_of(parameter: dict[str, Any]) -> dict[str, Any]:
+    """The integer schema of an optional parameter (FastAPI writes anyOf [integer, null])."""
+    schema: dict[str, Any] = parameter["schema"]
+    for option in schema.get("anyOf", []):
+        if option.get("type") == "integer":
+            return option  # type: ignore[no-any-return]
+    return schema
 
 
 def _ready(app: FastAPI, service: ImageFinder) -> None:
