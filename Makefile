@@ -96,6 +96,7 @@ bench-breakdown: install
 
 # The store at 100k and 1M synthetic vectors: build, memory, latency, recall, reopen (about 10 min).
 bench-index: install
+	$(BIN)/python bench/real_embeddings.py --n 100000 --if-missing
 	$(BIN)/python bench/index.py --out bench/results/index.json
 
 # POST /search latency against a real server on 127.0.0.1 -> bench/results/search_latency.json

@@ -4,7 +4,7 @@ once with the default encoder and whitened to 256 dimensions the way the service
 cached under bench/cache/ (not committed). Queries are further edits of the same photos with
 another seed, so each query's true neighbours are other edits of its photo, as with real copies.
 
-usage: python bench/real_embeddings.py [--n 100000]   (builds the cache; index.py reads it)
+usage: python bench/real_embeddings.py [--n 100000] [--if-missing]   (builds the cache index.py reads)
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ def build(n: int) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--if-missing", action="store_true", help="Do nothing when the cache holds n.")
     args = parser.parse_args()
+    if args.if_missing and load(args.n) is not None:
+        return
     sys.stdout.write(f"{build(args.n)}\n")
 
 
