@@ -172,6 +172,27 @@ def test_a_second_process_follows_writes_in_approximate_mode(tmp_path: Path) -> 
     assert "img000001" not in {h.id for h in reader.search(vectors[1], k=10)}
 
 
+def test_a_reader_that_closes_after_another_pruned_the_log_loses_nothing(tmp_path: Path) -> None:
+    """A server's store replays some of the CLI's writes, the CLI writes more and its optimise
+    prunes the change log, then the server closes without another request: its closing
+    checkpoint must catch up first, or its snapshot would hide what the pruned log held."""
+    writer = open_store(tmp_path)
+    vectors = clustered(3000, seed=5)
+    ids = fill(writer, vectors[:2000])
+    writer.optimise()
+    reader = EmbeddedStore(tmp_path, exact_below=THRESHOLD)
+    ids += fill(writer, vectors[2000:2300], start=2000)
+    assert reader.count() == 2300  # replayed: unsaved changes of its own
+    ids += fill(writer, vectors[2300:], start=2300)
+    writer.optimise()  # prunes the log up to its last write
+    reader.close()
+    writer.close()
+    again = EmbeddedStore(tmp_path, exact_below=THRESHOLD)
+    assert again.count() == 3000
+    for n in (2100, 2500, 2999):
+        assert again.search(vectors[n], k=1)[0].id == ids[n]
+
+
 @pytest.mark.parametrize("with_hash_column", [True, False], ids=["v1", "early-v1-without-hash"])
 def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path, with_hash_column: bool) -> None:
     db = sqlite3.connect(tmp_path / "images.sqlite")

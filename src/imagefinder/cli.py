@@ -218,7 +218,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
     """Show the index: image count, the encoder that built it, where it is stored."""
     from imagefinder.maintenance import recorded_provenance
     from imagefinder.reindex import SERVE_WITH
-    from imagefinder.wiring import generations, open_store
+    from imagefinder.wiring import open_store
 
     settings = _settings(ctx)
     store = open_store(settings)
@@ -227,7 +227,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
         details = {
             "images": store.count(),
             "store": store.location,
-            "generation": generations(settings).current().label,
+            "generation": _served_label(settings),
             "served_with": store.get_meta(SERVE_WITH) or settings.encoder,
             "search": store.index_stats(),
             "mlflow": recorded_provenance(store),
@@ -319,3 +319,12 @@ def _register_commands() -> None:
 
 
 _register_commands()
+
+
+def _served_label(settings: Settings) -> str:
+    from contextlib import closing
+
+    from imagefinder.wiring import generations
+
+    with closing(generations(settings)) as served:
+        return served.current().label

@@ -158,9 +158,12 @@ def reindex(ctx: click.Context, model_uri: str, allow_missing: bool, quiet: bool
 @_user_errors
 def rollback(ctx: click.Context) -> None:
     """Serve the previous index generation again (a running server follows)."""
+    from contextlib import closing
+
     from imagefinder.wiring import generations
 
-    previous = generations(_settings(ctx)).rollback()
+    with closing(generations(_settings(ctx))) as served:
+        previous = served.rollback()
     click.echo(f"now serving generation {previous.label} ({previous.location})")
 
 
@@ -194,6 +197,7 @@ def _reindex(settings: Settings, model_uri: str, allow_missing: bool, quiet: boo
                 }
             )
     finally:
+        reindexer.close()
         current.close()
     click.echo(
         f"re-embedded {result.report.indexed} images with {model_uri} into generation "

@@ -60,7 +60,7 @@ class IndexGenerations(Protocol):
         ...
 
     def token(self) -> str:
-        """Changes whenever the served generation changes; cheap enough to ask on every request."""
+        """Changes whenever the served generation changes; a server asks twice a second."""
         ...
 
     def building(self) -> AbstractContextManager[Generation]:
@@ -75,6 +75,8 @@ class IndexGenerations(Protocol):
     def rollback(self) -> Generation:
         """Serve the generation served before the current one again."""
         ...
+
+    def close(self) -> None: ...
 
 
 def next_name(history: list[str]) -> str:
@@ -140,6 +142,9 @@ class Generations:
             raise GenerationError(f"the previous generation {previous.label} is gone from {previous.path}")
         self._write({"current": previous.name, "history": history[:-1]})
         return previous
+
+    def close(self) -> None:
+        """Nothing to release: the pointer is a file read on each call."""
 
     def _generation(self, name: str) -> Generation:
         return Generation(name, str(self.folder / name if name else self.base))

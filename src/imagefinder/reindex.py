@@ -83,6 +83,9 @@ class Reindexer:
             self._generations.switch(generation)
         return ReindexResult(generation, previous, report)
 
+    def close(self) -> None:
+        self._generations.close()
+
     def entries(self) -> Iterator[SourceItem]:
         for image_id, payload in self._current.payload_items():
             yield SourceItem(

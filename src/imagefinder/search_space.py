@@ -4,8 +4,9 @@ Scores mean something only in the space they were computed in. Whitening (`image
 moves every score, so the copy threshold calibrated in a whitened space is wrong in the raw one
 and the other way round. A `SearchSpace` keeps the two together: the projection searched through
 (None: the raw encoder vectors), the copy threshold calibrated in it, and what the projection was
-fitted with and on. Every fit or calibration makes a new `version`, so whoever caches a space (a
-store's in-memory index, a server's copy threshold) knows when to take the new one.
+fitted with and on. Every fit or calibration makes a new `version` (shown by `info`; a store
+notices another process's change by its stored record), and every new projection a new
+`projection_id`, which is what an index built through it is valid for.
 
 The service decides the space (`maintenance.Maintenance`); every store persists it with the
 index and searches through it; `imagefinder migrate` carries it, so a copy is judged on the same
@@ -24,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.calibration import DEFAULT_THRESHOLD
+from imagefinder.errors import StoreError
 
 # whitened = l2n((x - mean) @ matrix)
 Projection = tuple[NDArray[np.float32], NDArray[np.float32]]
@@ -49,9 +51,12 @@ class SearchSpace:
         return uuid.uuid4().hex
 
     def fitted(self, projection: Projection | None, fitted_on: int, fitted_with: str) -> SearchSpace:
-        """A new space through `projection`; its copy threshold is calibrated next (`calibrated`)."""
+        """A new space through `projection`; its copy threshold is calibrated next (`calibrated`).
+        No projection after no projection keeps the id: the index built through it stays valid."""
         version = self.new_version()
-        return SearchSpace(projection, self.copy_threshold, fitted_on, fitted_with, version, version)
+        same = projection is None and self.projection is None and self.projection_id
+        projection_id = self.projection_id if same else version
+        return SearchSpace(projection, self.copy_threshold, fitted_on, fitted_with, version, projection_id)
 
     def calibrated(self, copy_threshold: float) -> SearchSpace:
         return replace(self, copy_threshold=round(float(copy_threshold), 4), version=self.new_version())
@@ -90,6 +95,7 @@ class SearchSpace:
                 "fitted_on": self.fitted_on,
                 "fitted_with": self.fitted_with,
                 "projection_id": self.projection_id,
+                "whitened": self.projection is not None,
             }
         )
 
@@ -100,11 +106,16 @@ class SearchSpace:
         return {MEAN_KEY: array_bytes(mean), MATRIX_KEY: array_bytes(matrix)}
 
     @classmethod
-    def from_record(cls, record: str, arrays: Mapping[str, bytes]) -> SearchSpace:
+    def from_record(cls, record: str, projection: Projection | None) -> SearchSpace:
+        """The space of a stored `record`, through `projection` (read from the arrays it was
+        stored as: `projection_from`)."""
         fields = json.loads(record)
-        projection = None
-        if MEAN_KEY in arrays and MATRIX_KEY in arrays:
-            projection = (array_from(arrays[MEAN_KEY]), array_from(arrays[MATRIX_KEY]))
+        if fields.get("whitened", projection is not None) and projection is None:
+            # Searching raw vectors against a threshold calibrated in whitened scores would judge
+            # every copy on the wrong scale: refuse instead.
+            raise StoreError(
+                f"the search space {fields['version']} is whitened, but its projection is missing"
+            )
         return cls(
             projection,
             float(fields["copy_threshold"]),
@@ -113,6 +124,13 @@ class SearchSpace:
             str(fields["version"]),
             str(fields["projection_id"]),
         )
+
+
+def projection_from(arrays: Mapping[str, bytes]) -> Projection | None:
+    """The projection kept as the two arrays of `arrays`, if they are there."""
+    if MEAN_KEY in arrays and MATRIX_KEY in arrays:
+        return array_from(arrays[MEAN_KEY]), array_from(arrays[MATRIX_KEY])
+    return None
 
 
 def array_bytes(array: NDArray[np.float32]) -> bytes:

@@ -23,7 +23,6 @@ from imagefinder.errors import TextSearchUnsupportedError, UnknownIdError
 from imagefinder.images import ImageLimits, decode_image
 from imagefinder.indexer import Indexer, IndexReport
 from imagefinder.maintenance import Maintenance
-from imagefinder.search_space import SearchSpace
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Filter, Hit, VectorStore
 from imagefinder.views import extra_views, view_source
@@ -96,10 +95,6 @@ class ImageFinder:
             self.maintenance.refit()
             self.store.optimise()
         return report
-
-    @property
-    def search_space(self) -> SearchSpace:
-        return self.store.search_space
 
     @property
     def copy_threshold(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,9 @@ def image_limits(settings: Settings) -> ImageLimits:
 def open_store(settings: Settings) -> VectorStore:
     """The served generation of the configured index: a folder under `store.path`, or a Milvus
     collection when `store.uri` names one."""
-    return open_store_at(generations(settings).current().location, settings)
+    with closing(generations(settings)) as served:
+        location = served.current().location
+    return open_store_at(location, settings)
 
 
 def generations(settings: Settings) -> IndexGenerations:

@@ -124,6 +124,9 @@ def same_encoder(current: EncoderInfo | None, info: EncoderInfo) -> bool:
     )
 
 
+ENCODER_KEYS = ("encoder_name", "encoder_version", "encoder_dim", "encoder_preprocessing")
+
+
 def encoder_record(info: EncoderInfo) -> dict[str, str]:
     """How every store writes the encoder that built it."""
     return {

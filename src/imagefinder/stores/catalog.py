@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -56,12 +56,13 @@ ON CONFLICT (id) DO UPDATE SET hash = excluded.hash, vector = excluded.vector, p
 """
 
 Keys = NDArray[np.int64]
+VectorDtype = Literal["float16", "float32"]
 # key -> (id, payload) or (id, payload, vector)
 Rows = dict[int, tuple[Any, ...]]
 
 
 class Catalog:
-    def __init__(self, path: Path, vector_dtype: str = "float16") -> None:
+    def __init__(self, path: Path, vector_dtype: VectorDtype = "float16") -> None:
         self.path = path
         # Vectors are kept for exact re-scoring, refits and migration. float16 halves the disk
         # (5 KB -> 2.5 KB per image at 1280-d) and moves scores by under 1e-3 (README, "Disk");
@@ -227,10 +228,15 @@ class Catalog:
             yield keys, np.stack([self._vector(blob) for _, blob in rows])
             last = int(keys[-1])
 
-    def random_keys(self, limit: int) -> list[int]:
-        return [
+    def sample(self, limit: int) -> NDArray[np.float32]:
+        """The vectors of at most `limit` rows chosen at random."""
+        keys = [
             key for (key,) in self._db.execute("SELECT key FROM images ORDER BY random() LIMIT ?", (limit,))
         ]
+        rows = self.rows_of(keys, with_vectors=True)
+        if not rows:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([row[2] for row in rows.values()])
 
     def get(self, image_id: str) -> tuple[Payload, NDArray[np.float32]] | None:
         row = self._db.execute("SELECT payload, vector FROM images WHERE id = ?", (image_id,)).fetchone()

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.encoders.base import EncoderInfo
-from imagefinder.search_space import RECORD_KEY, SearchSpace, array_from
+from imagefinder.search_space import RECORD_KEY, SearchSpace, projection_from
 from imagefinder.stores.base import (
     Filter,
     Hit,
@@ -31,7 +31,7 @@ from imagefinder.stores.base import (
     refuse_other_encoder,
     same_encoder,
 )
-from imagefinder.stores.catalog import Catalog
+from imagefinder.stores.catalog import Catalog, VectorDtype
 from imagefinder.stores.filters import conditions
 from imagefinder.stores.live_index import CHECKPOINT_EVERY, DEFAULT_NPROBE, EXACT_BELOW, LiveIndex
 
@@ -50,7 +50,7 @@ class EmbeddedStore:
         exact_below: int = EXACT_BELOW,
         nprobe: int = DEFAULT_NPROBE,
         checkpoint_every: int = CHECKPOINT_EVERY,
-        vector_dtype: str = "float16",
+        vector_dtype: VectorDtype = "float16",
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
@@ -109,6 +109,7 @@ class EmbeddedStore:
             self._space = space
             if rebuild:
                 self._index.load(space, self._encoder.dim if self._encoder else 0)
+                self._checkpoint_if_due()
 
     # -- writes ----------------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class EmbeddedStore:
                 keys, seq = self._catalog.write(ids, vectors, payloads)
             # Memory changes only after the commit: a failed write leaves search unchanged.
             self._index.written(keys, self._catalog.as_stored(vectors), seq)
+            self._checkpoint_if_due()
 
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
@@ -130,17 +132,27 @@ class EmbeddedStore:
                 keys, seq = self._catalog.remove(ids)
             if len(keys):
                 self._index.written(keys, None, seq)
+                self._checkpoint_if_due()
             return len(keys)
 
     def optimise(self) -> None:
+        """After a bulk change: exact or approximate search for the collection's size, retrained
+        when it outgrew its lists (`LiveIndex.optimise`), then a snapshot, so the next open is
+        fast."""
         with self._lock:
             self._catch_up()
             self._index.optimise()
+            self.checkpoint()
 
     def checkpoint(self) -> None:
+        """Save the index as of every process's last commit, and drop the change log it makes
+        unnecessary. The catch-up runs inside the checkpoint's own transaction: no other process
+        can commit between it and the pruning, so the snapshot misses nothing that is pruned."""
         with self._lock:
-            self._catch_up()
-            self._index.checkpoint()
+            with self._catalog.transaction():
+                self._catch_up()
+                kept = self._index.save()
+            self._index.drop_other_snapshots(kept)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -229,8 +241,7 @@ class EmbeddedStore:
         `limit` (large collections)."""
         with self._lock, self._catalog.snapshot():
             if limit is not None and self._catalog.count() > limit:
-                rows = self._catalog.rows_of(self._catalog.random_keys(limit), with_vectors=True)
-                parts = [np.stack([row[2] for row in rows.values()])]
+                parts = [self._catalog.sample(limit)]
             else:
                 parts = [vectors for _, vectors in self._catalog.vector_batches()]
         if not parts:
@@ -264,7 +275,7 @@ class EmbeddedStore:
     def close(self) -> None:
         with self._lock:
             if self._index.unsaved:
-                self._index.checkpoint()
+                self.checkpoint()
             self._catalog.close()
 
     # -- keeping memory in line with the catalog ---------------------------------------------
@@ -277,6 +288,7 @@ class EmbeddedStore:
         self._space_record = meta.get(RECORD_KEY, "")
         self._space = _space_from(meta, self._catalog.arrays())
         self._index.load(self._space, self._encoder.dim if self._encoder else 0)
+        self._checkpoint_if_due()
 
     def _catch_up(self) -> None:
         """Apply what other processes committed since we last looked."""
@@ -297,9 +309,16 @@ class EmbeddedStore:
             if space.projection_id != self._space.projection_id:
                 self._space = space
                 self._index.load(space, self._encoder.dim if self._encoder else 0)
+                self._checkpoint_if_due()
                 return
             self._space = space
         self._index.replay()
+
+    def _checkpoint_if_due(self) -> None:
+        # Inside a transaction (a catch-up during a write or a checkpoint), the commit that
+        # follows is saved by the next checkpoint instead.
+        if self._index.checkpoint_due and not self._catalog.in_transaction:
+            self.checkpoint()
 
     def _write_space(self, space: SearchSpace) -> None:
         record = space.record()
@@ -312,10 +331,8 @@ def _space_from(meta: dict[str, str], arrays: dict[str, bytes]) -> SearchSpace:
     """The stored search space; for an index written before spaces had a record, the projection,
     threshold and fit it kept under separate names."""
     if RECORD_KEY in meta:
-        return SearchSpace.from_record(meta[RECORD_KEY], arrays)
-    projection = None
-    if "projection_mean" in arrays and "projection" in arrays:
-        projection = (array_from(arrays["projection_mean"]), array_from(arrays["projection"]))
+        return SearchSpace.from_record(meta[RECORD_KEY], projection_from(arrays))
+    projection = projection_from(arrays)
     legacy = meta.get("generation", "")
     threshold = meta.get(_USER + "copy_threshold")
     return SearchSpace(

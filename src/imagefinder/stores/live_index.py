@@ -5,10 +5,11 @@ as searched (through the search space's projection), kept in line with the catal
   the index switches by itself to an approximate IVF-SQ8 index (`IvfIndex`, about `dim` bytes per
   image) whose candidates the store re-scores from the exact vectors. Below half the threshold it
   goes back to exact search. `optimise` retrains when the collection outgrows its lists.
-- Snapshots: the approximate index is saved now and then (write, fsync, rename) with the last
-  change it contains; opening loads the snapshot and replays the catalog's later changes. A
-  process killed at any moment leaves a snapshot that is whole or absent, and the catalog's rows
-  are the truth, so nothing acknowledged is lost.
+- Snapshots: the approximate index is saved (write, fsync, rename) with the last change it
+  contains when the store asks (`checkpoint_due`, then `save` inside the store's transaction,
+  after the store caught up with every other process); opening loads the snapshot and replays the
+  catalog's later changes. A process killed at any moment leaves a snapshot that is whole or
+  absent, and the catalog's rows are the truth, so nothing acknowledged is lost.
 - Replay: other processes' writes arrive through the same change log.
 """
 
@@ -63,6 +64,7 @@ class LiveIndex:
         self._index: VectorIndex = ExactIndex(0)
         self.seq = 0  # the last change the index contains
         self._snapshot_seq = 0  # the last change in the saved snapshot
+        self._rebuilt = False  # built or switched since the last save: worth saving at once
 
     def __len__(self) -> int:
         return len(self._index)
@@ -78,7 +80,8 @@ class LiveIndex:
         self._space, self._dim = space, space.dim(encoder_dim)
         meta = self._catalog.meta()
         snapshot = meta.get("ann_file")
-        fits = snapshot and meta.get("ann_space") == space.projection_id
+        # "ann_generation": what stores written before search spaces called the same id.
+        fits = snapshot and meta.get("ann_space", meta.get("ann_generation")) == space.projection_id
         if fits and int(meta["ann_seq"]) >= int(meta.get("changes_pruned_upto", "0")):
             try:
                 self._index = IvfIndex.load(
@@ -88,6 +91,7 @@ class LiveIndex:
                 log.warning("index snapshot %s unusable (%s); rebuilding from the database", snapshot, exc)
             else:
                 self.seq = self._snapshot_seq = int(meta["ann_seq"])
+                self._rebuilt = False
                 self.replay()
                 return
         self.build()
@@ -100,8 +104,7 @@ class LiveIndex:
             index: VectorIndex
             if n >= self._exact_below:
                 nlist = nlist_for(n)
-                rows = catalog.rows_of(catalog.random_keys(training_size(nlist, n)), with_vectors=True)
-                sample = np.stack([row[2] for row in rows.values()])
+                sample = catalog.sample(training_size(nlist, n))
                 index = IvfIndex.train(self._space.project(sample), nlist, self._nprobe)
             else:
                 index = ExactIndex(self._dim)
@@ -109,8 +112,7 @@ class LiveIndex:
                 index.add(keys, self._space.project(vectors))
         self._index, self.seq = index, seq
         self._snapshot_seq = 0
-        if isinstance(index, IvfIndex) and not catalog.in_transaction:
-            self.checkpoint()  # else the next write's checkpoint saves it
+        self._rebuilt = True
 
     def reset(self, space: SearchSpace, encoder_dim: int) -> None:
         """An empty index for a store bound to another encoder or space."""
@@ -128,8 +130,6 @@ class LiveIndex:
         self.seq = seq
         if isinstance(self._index, ExactIndex) and len(self._index) >= self._exact_below:
             self._switch_to_ivf(self._index)
-        elif self.seq - self._snapshot_seq >= self._checkpoint_every:
-            self.checkpoint()
 
     def replay(self) -> None:
         """Apply logged changes after `seq`: each changed key is removed, and put back with its
@@ -149,7 +149,7 @@ class LiveIndex:
         """Pick exact or approximate search for the collection's size, retrain the approximate
         index when the rule of `nlist_for` asks for more lists (at 33k, 131k, 524k, 2.1M images:
         too few lists cost recall at a given nprobe, measured in bench/index.py) or for under half
-        as many, and save a snapshot so the next open is fast."""
+        as many. The store saves a snapshot after it, so the next open is fast."""
         n, index = len(self._index), self._index
         if isinstance(index, ExactIndex) and n >= self._exact_below:
             self._switch_to_ivf(index)
@@ -157,30 +157,40 @@ class LiveIndex:
             n < self._exact_below // 2 or not index.nlist // 2 <= nlist_for(n) <= index.nlist
         ):
             self.build()
-        self.checkpoint()
 
-    def checkpoint(self) -> None:
-        """Save the approximate index (if any) and drop the change log it makes unnecessary."""
+    @property
+    def checkpoint_due(self) -> bool:
+        """Whether the store should save a snapshot now: after a build or the switch to the
+        approximate index, or once CHECKPOINT_EVERY changes went unsaved."""
+        return self.approximate and (self._rebuilt or self.seq - self._snapshot_seq >= self._checkpoint_every)
+
+    def save(self) -> str:
+        """Inside the store's transaction, once it has caught up with every other process: save
+        the approximate index (if any) and drop the change log it makes unnecessary. Returns the
+        snapshot's file name ("" for none); `drop_other_snapshots` removes the others once the
+        transaction committed."""
         catalog = self._catalog
-        with catalog.transaction():
-            self.replay()  # so the snapshot is the newest state: nothing pruned is missing
-            name = ""
-            if isinstance(self._index, IvfIndex):
-                name = f"ann-{self._space.projection_id[:12]}-{self.seq}.faiss"
-                self._index.save(self._directory / name)
-                for key, value in (
-                    ("ann_file", name),
-                    ("ann_seq", str(self.seq)),
-                    ("ann_space", self._space.projection_id),
-                    ("ann_trained_on", str(self._index.trained_on)),
-                ):
-                    catalog.set_meta(key, value)
-            else:
-                catalog.delete_meta("ann_%")
-            catalog.prune_changes(self.seq)
-            self._snapshot_seq = self.seq
+        name = ""
+        if isinstance(self._index, IvfIndex):
+            name = f"ann-{self._space.projection_id[:12]}-{self.seq}.faiss"
+            self._index.save(self._directory / name)
+            for key, value in (
+                ("ann_file", name),
+                ("ann_seq", str(self.seq)),
+                ("ann_space", self._space.projection_id),
+                ("ann_trained_on", str(self._index.trained_on)),
+            ):
+                catalog.set_meta(key, value)
+        else:
+            catalog.delete_meta("ann_%")
+        catalog.prune_changes(self.seq)
+        self._snapshot_seq = self.seq
+        self._rebuilt = False
+        return name
+
+    def drop_other_snapshots(self, kept: str) -> None:
         for old in self._directory.glob("ann-*.faiss*"):
-            if old.name != name:
+            if old.name != kept:
                 old.unlink(missing_ok=True)
 
     @property
@@ -217,5 +227,5 @@ class LiveIndex:
         index = IvfIndex.train(sample, nlist, self._nprobe)
         index.add(keys, matrix)
         self._index = index
+        self._rebuilt = True
         log.info("%d images: switched to approximate search (IVF%d,SQ8)", len(keys), nlist)
-        self.checkpoint()

@@ -139,7 +139,10 @@ class MilvusStore:
         return self._space
 
     def set_search_space(self, space: SearchSpace) -> None:
-        record = self._meta.write_space(space, self.search_space)
+        # The stored space as it is now, not this process's copy of up to a second ago: the
+        # arrays of the projection being replaced are removed by name.
+        current = self._meta.space_record()
+        record = self._meta.write_space(space, self._meta.read_space(current, self._space))
         self._space, self._space_record, self._space_checked = space, record, time.monotonic()
 
     # -- writes ----------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 from imagefinder.encoders.base import EncoderInfo
 from imagefinder.errors import StoreError, StoreUnavailableError
-from imagefinder.search_space import MATRIX_KEY, MEAN_KEY, RECORD_KEY, SearchSpace
-from imagefinder.stores.base import check_schema_version, encoder_from_record, encoder_record
+from imagefinder.search_space import MATRIX_KEY, MEAN_KEY, RECORD_KEY, SearchSpace, projection_from
+from imagefinder.stores.base import ENCODER_KEYS, check_schema_version, encoder_from_record, encoder_record
 
 SCHEMA_VERSION = 1
 # One small collection per server holds what each index records about itself (keys are
@@ -96,12 +96,8 @@ class MilvusMeta:
     # -- the encoder and the search space ---------------------------------------------------
 
     def encoder(self) -> EncoderInfo | None:
-        record = {}
-        for key in encoder_record(EncoderInfo("", "", 0, "")):
-            value = self.get(key)
-            if value is not None:
-                record[key] = value
-        return encoder_from_record(record)
+        found = {key: self.get(key) for key in ENCODER_KEYS}
+        return encoder_from_record({key: value for key, value in found.items() if value is not None})
 
     def put_encoder(self, info: EncoderInfo) -> None:
         self._put_rows(encoder_record(info))
@@ -117,13 +113,13 @@ class MilvusMeta:
             return SearchSpace(copy_threshold=float(threshold)) if threshold else SearchSpace()
         projection_id = json.loads(record)["projection_id"]
         if projection_id == cached.projection_id:
-            return SearchSpace.from_record(record, cached.arrays())
+            return SearchSpace.from_record(record, cached.projection)
         arrays = {}
         for name in (MEAN_KEY, MATRIX_KEY):
             data = self._get_blob(f"{RECORD_KEY}.{projection_id}.{name}")
             if data is not None:
                 arrays[name] = data
-        return SearchSpace.from_record(record, arrays)
+        return SearchSpace.from_record(record, projection_from(arrays))
 
     def write_space(self, space: SearchSpace, previous: SearchSpace) -> str:
         """The arrays go first under keys of their own fit, then the record that points to them:
