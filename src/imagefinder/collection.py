@@ -107,18 +107,20 @@ class Collection:
 
     def delete(self, image_id: str) -> None:
         """Remove the image, and the original and thumbnail kept for it when no other image has
-        the same bytes."""
-        payload = self._store.get(image_id)
-        if payload is None or self._store.delete([image_id]) == 0:
-            raise UnknownIdError(image_id)
-        digest = str(payload.get("hash") or "")
-        if not digest or self._store.find_by_hash(digest) is not None:
-            return
-        kept = Path(str(payload.get("file") or ""))
-        if self._blobs is not None and payload.get("file") and self._blobs.holds(kept):
-            kept.unlink(missing_ok=True)
-        if self._thumbnails is not None:
-            (self._thumbnails / digest[:2] / f"{digest}.jpg").unlink(missing_ok=True)
+        the same bytes. Under the add lock: an add of the same bytes meanwhile would reuse the
+        kept original that this would remove."""
+        with self._add_lock:
+            payload = self._store.get(image_id)
+            if payload is None or self._store.delete([image_id]) == 0:
+                raise UnknownIdError(image_id)
+            digest = str(payload.get("hash") or "")
+            if not digest or self._store.find_by_hash(digest) is not None:
+                return
+            kept = Path(str(payload.get("file") or ""))
+            if self._blobs is not None and payload.get("file") and self._blobs.holds(kept):
+                kept.unlink(missing_ok=True)
+            if self._thumbnails is not None:
+                (self._thumbnails / digest[:2] / f"{digest}.jpg").unlink(missing_ok=True)
 
     def remove(self, ids: Sequence[str]) -> int:
         return self._store.delete(ids)

@@ -168,10 +168,13 @@ class MlflowTracker:
         owner = {"imagefinder.host": socket.gethostname(), "imagefinder.pid": str(os.getpid())}
         try:
             experiment = self.experiment_id()
-            self._fail_orphans(client, experiment)
             created = client.create_run(experiment, run_name=name, tags={"imagefinder.kind": kind, **owner})
         except Exception as exc:  # noqa: BLE001
             raise TrackingError(f"cannot start an MLflow run in {self.uri}: {exc}") from exc
+        try:
+            self._fail_orphans(client, experiment, created.info.run_id)
+        except Exception as exc:  # noqa: BLE001  (tidying up after others must not fail this run)
+            log.warning("could not mark the runs of killed processes as failed: %s", exc)
         run = _MlflowRun(client, created.info.run_id)
         try:
             yield run
@@ -181,7 +184,7 @@ class MlflowTracker:
         client.set_terminated(created.info.run_id, "FINISHED")
 
     @staticmethod
-    def _fail_orphans(client: Any, experiment: str) -> None:
+    def _fail_orphans(client: Any, experiment: str, own: str) -> None:
         """Mark FAILED the RUNNING runs of this host whose process is gone."""
         from mlflow.entities import ViewType
 
@@ -193,6 +196,8 @@ class MlflowTracker:
             max_results=1000,
         )
         for found in running:
+            if found.info.run_id == own:
+                continue
             pid = int(found.data.tags.get("imagefinder.pid", "0") or 0)
             if pid and not process_alive(pid):
                 client.set_tag(found.info.run_id, "imagefinder.ended", "its process was killed")

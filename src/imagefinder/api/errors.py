@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from imagefinder.api.schemas import ErrorResponse
 from imagefinder.errors import (
@@ -30,7 +30,8 @@ from imagefinder.errors import (
     UnsupportedImageError,
 )
 
-# Every error code the API answers with: its status and what it means. The handlers take the
+# Every error code the API answers with (besides `http_error`, any other refusal of the HTTP
+# layer, which carries that refusal's own status): its status and what it means. The handlers take the
 # status from here, and the OpenAPI document lists each route's codes from here (`documented`).
 CODES: dict[str, tuple[int, str]] = {
     "bad_request": (400, "the request cannot be parsed (a malformed multipart body)"),
@@ -116,7 +117,7 @@ def error_body(exc: Exception) -> dict[str, str]:
     return {"code": status_and_code(exc)[1], "message": message}
 
 
-def describe_validation(exc: ValidationError) -> str:
+def describe_validation(exc: ValidationError | RequestValidationError) -> str:
     parts = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
@@ -124,20 +125,24 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def allowed_methods(request: Request) -> list[str]:
+def allowed_methods(request: Request, own: str | None) -> str:
     """The methods some route answers at this request's path, asked of the router itself (a
-    FULL match per method), so included routers and mounts count too."""
+    FULL match per method), so that a path with a GET and a DELETE route names both. Mounts
+    (static files) match whatever the method: their own answer (`own`) says it."""
     methods = {
         method
         for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
         if any(
             route.matches({**request.scope, "method": method})[0] == Match.FULL
             for route in request.app.routes
+            if not isinstance(route, Mount)
         )
     }
+    if not methods:
+        return own or ""
     if "GET" in methods:
         methods.add("HEAD")
-    return sorted(methods)
+    return ", ".join(sorted(methods))
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -158,13 +163,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-            parts.append(f"{where}: {error.get('msg', 'invalid')}")
-        return error_response(
-            CODES["invalid_request"][0], "invalid_request", "; ".join(parts) or "invalid request"
-        )
+        return error_response(CODES["invalid_request"][0], "invalid_request", describe_validation(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -183,5 +182,5 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             # Every method of every route at this path (a path can have a GET and a DELETE
             # route), with HEAD wherever GET is (`http_methods.HeadAsGet`).
-            response.headers["Allow"] = ", ".join(allowed_methods(request))
+            response.headers["Allow"] = allowed_methods(request, (exc.headers or {}).get("Allow"))
         return response

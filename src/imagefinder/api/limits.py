@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imagefinder.api.errors import error_response
+from imagefinder.api.errors import CODES, error_response
 
 
 class BodyLimit:
@@ -35,7 +35,9 @@ class BodyLimit:
             return
         max_bytes, for_message = self.per_path.get(scope["path"], (self.max_bytes, self.limit_for_message))
         refusal = error_response(
-            413, "image_too_large", f"request body exceeds the limit of {for_message} bytes"
+            CODES["image_too_large"][0],
+            "image_too_large",
+            f"request body exceeds the limit of {for_message} bytes",
         )
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > max_bytes:

@@ -130,7 +130,8 @@ async def search(
     return SearchResponse(
         model=_model(service),
         took_ms=round((time.perf_counter() - started) * 1000, 2),
-        copy_threshold=service.copy_threshold,
+        # Off the event loop: on Milvus, reading the search space may ask the server.
+        copy_threshold=await run_in_threadpool(lambda: service.copy_threshold),
         results=[_to_result(r) for r in results],
     )
 
