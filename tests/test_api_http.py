@@ -37,6 +37,7 @@ def test_405_names_the_allowed_methods(base: str) -> None:
     image_id = httpx.get(base + "/images").json()["images"][0]["id"]
     assert httpx.put(f"{base}/images/{image_id}").headers["allow"] == "DELETE, GET, HEAD"
     assert httpx.patch(base + "/search").headers["allow"] == "POST"
+    assert httpx.post(base + "/static/app.js").headers["allow"] == "GET, HEAD"  # static files: their own
 
 
 def test_a_result_link_leads_to_its_own_image_only(base: str) -> None:
