@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +33,14 @@ def test_an_accepted_id_is_printable_bounded_utf8(image_id: str) -> None:
         assert not any(ord(ch) < 32 or ord(ch) == 127 for ch in image_id)
         image_id.encode("utf-8")
     else:
+        segments = image_id.split("/")
         assert (
             not image_id
             or len(image_id) > MAX_ID_LENGTH
             or any(ord(ch) < 32 or ord(ch) == 127 for ch in image_id)
+            or any(unicodedata.category(ch) == "Cf" for ch in image_id)
+            or any(segment in (".", "..") for segment in segments)
+            or (len(segments) > 1 and segments[-1] in ("file", "thumbnail"))
         )
 
 
