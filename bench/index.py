@@ -302,7 +302,7 @@ def milvus_row(n: int) -> dict[str, Any]:
     recall = recall_at_10(found, exact_top10(vectors, queries))
     return {
         "store": "milvus",
-        "index": "Milvus 2.3.5 standalone, HNSW M=16 efConstruction=200, ef=64, Strong consistency",
+        "index": "Milvus 2.3.5 standalone, HNSW M=16 efConstruction=200, ef=256, Session consistency",
         "n": n,
         "dim": DIM,
         "queries": QUERIES,
@@ -344,6 +344,9 @@ def main() -> None:
     parser.add_argument(
         "--milvus-size", type=int, default=100_000, help="N for the Milvus backend row (0: leave it out)"
     )
+    parser.add_argument(
+        "--update-milvus", action="store_true", help="Only the Milvus rows, replacing those in --out"
+    )
     parser.add_argument("--child")
     parser.add_argument("--path", type=Path)
     args = parser.parse_args()
@@ -362,7 +365,9 @@ def main() -> None:
     from bench.real_embeddings import load
 
     rows: list[dict[str, Any]] = []
-    for data in args.data.split(","):
+    if args.update_milvus and args.out:
+        rows = [row for row in json.loads(args.out.read_text()) if row["store"] != "milvus"]
+    for data in args.data.split(",") if not args.update_milvus else []:
         for n in sizes:
             if data == "real" and load(n) is None:
                 note = f"real n={n}: not in the cache (bench/real_embeddings.py --n {n}); left out"

@@ -12,7 +12,8 @@ collection holds what each index records about itself (encoder, schema version, 
   2.3.5, against a few ms with Session (bench/results/index.json). Writes of another process
   (a CLI run while the server serves) become visible within about a second.
 - Index: HNSW on inner product (the vectors are L2-normalised, so scores are cosines), M=16,
-  efConstruction=200, ef at search max(64, 2k); configurable.
+  efConstruction=200, ef at search max(256, 2 x the candidates asked for); configurable. ef 64
+  found 0.80 of the true top 10 on overlapping data at 100k, 256 found 0.88-0.96 (bench-index).
 - The search space (`imagefinder.search_space`) is honoured by re-scoring: Milvus keeps the
   encoder's vectors and finds `rerank` raw-cosine candidates per view, which are then scored in
   the space's whitened projection, so scores and the copy threshold mean what they mean in the
@@ -78,7 +79,7 @@ class MilvusStore:
         server: str,
         collection: str,
         index_params: dict[str, Any] | None = None,
-        ef: int = 64,
+        ef: int = 256,
         consistency: str = "Session",
         batch_size: int = 1000,
         retries: int = 3,
