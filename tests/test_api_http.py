@@ -36,6 +36,8 @@ def test_405_names_the_allowed_methods(base: str) -> None:
     # A path served by a GET route and a DELETE route: both, and HEAD.
     image_id = httpx.get(base + "/images").json()["images"][0]["id"]
     assert httpx.put(f"{base}/images/{image_id}").headers["allow"] == "DELETE, GET, HEAD"
+    # The file of an image is its own resource, though the DELETE route's {id:path} matches it.
+    assert httpx.options(f"{base}/images/{image_id}/file").headers["allow"] == "GET, HEAD"
     assert httpx.patch(base + "/search").headers["allow"] == "POST"
     assert httpx.post(base + "/static/app.js").headers["allow"] == "GET, HEAD"  # static files: their own
 

@@ -21,7 +21,7 @@ from imagefinder.api import images, page, search
 from imagefinder.api.batcher import MicroBatcher
 from imagefinder.api.deps import Service
 from imagefinder.api.errors import install_error_handlers
-from imagefinder.api.http_methods import HeadAsGet
+from imagefinder.api.http_methods import HeadAsGet, MethodTable
 from imagefinder.api.limits import BodyLimit
 from imagefinder.api.observability import Metrics, install_observability
 from imagefinder.api.schemas import Health, ModelInfo, Ready
@@ -137,6 +137,9 @@ def create_app(
     app.include_router(images.router)
     app.include_router(page.router)
     app.mount("/static", page.static_files(), name="static")
+    app.state.methods = MethodTable(
+        [*app.routes, *search.router.routes, *images.router.routes, *page.router.routes]
+    )
     _document_the_settings(app, settings)
     return app
 

@@ -11,7 +11,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Mount
 
 from imagefinder.api.schemas import ErrorResponse
 from imagefinder.errors import (
@@ -125,26 +124,6 @@ def describe_validation(exc: ValidationError | RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def allowed_methods(request: Request, own: str | None) -> str:
-    """The methods some route answers at this request's path, asked of the router itself (a
-    FULL match per method), so that a path with a GET and a DELETE route names both. Mounts
-    (static files) match whatever the method: their own answer (`own`) says it."""
-    methods = {
-        method
-        for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
-        if any(
-            route.matches({**request.scope, "method": method})[0] == Match.FULL
-            for route in request.app.routes
-            if not isinstance(route, Mount)
-        )
-    }
-    if not methods:
-        return own or ""
-    if "GET" in methods:
-        methods.add("HEAD")
-    return ", ".join(sorted(methods))
-
-
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     """The one error shape. `status` is CODES[code]'s, except for `http_error` (any other
     refusal of the HTTP layer, with its own status)."""
@@ -163,7 +142,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(CODES["invalid_request"][0], "invalid_request", describe_validation(exc))
+        # A where= condition outside the grammar, caught by the parameter's declared pattern, is
+        # the same refusal as one the store's filter check makes.
+        filters = all(tuple(error.get("loc", ()))[:2] == ("query", "where") for error in exc.errors())
+        code = "invalid_filter" if filters else "invalid_request"
+        return error_response(CODES[code][0], code, describe_validation(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -182,5 +165,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             # Every method of every route at this path (a path can have a GET and a DELETE
             # route), with HEAD wherever GET is (`http_methods.HeadAsGet`).
-            response.headers["Allow"] = allowed_methods(request, (exc.headers or {}).get("Allow"))
+            # The resource's methods, with HEAD wherever GET is (`http_methods`); a mount (the
+            # static files) says its own.
+            own = (exc.headers or {}).get("Allow", "")
+            response.headers["Allow"] = request.app.state.methods.allowed(request.scope["path"]) or own
         return response

@@ -6,7 +6,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
-from pydantic import ValidationError
+from pydantic import StringConstraints, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from imagefinder.api.deps import ReadAccess, Service, Settings, embed_prepared, read_form_file, read_limited
@@ -54,6 +54,9 @@ _BATCH_ERRORS = documented(
     "store_error",
 )
 
+# field=value, the field in the filter grammar (`stores.filters`): the document says what is valid.
+WhereCondition = Annotated[str, StringConstraints(pattern=r"^[\w .-]{1,64}=")]
+
 _WHERE_HELP = (
     "Only images whose payload field has this value, as field=value (repeat for several fields, "
     "all must match), e.g. where=source=holidays. Values compare as text; numbers and booleans "
@@ -95,7 +98,7 @@ async def search(
         float | None, Query(ge=-1, le=1, description="Leave out results scoring below this")
     ] = None,
     exclude_self: Annotated[bool, Query(description="For an id query, leave the image itself out")] = True,
-    where: Annotated[list[str] | None, Query(description=_WHERE_HELP)] = None,
+    where: Annotated[list[WhereCondition] | None, Query(description=_WHERE_HELP)] = None,
     views: Views = None,
 ) -> SearchResponse:
     k = _check_k(k, settings.default_k, settings.max_k)
@@ -149,7 +152,7 @@ async def search_batch(
     files: Annotated[list[UploadFile], File(description="The query images", min_length=1)],
     k: Annotated[int | None, Query(ge=1)] = None,
     min_score: Annotated[float | None, Query(ge=-1, le=1)] = None,
-    where: Annotated[list[str] | None, Query(description=_WHERE_HELP)] = None,
+    where: Annotated[list[WhereCondition] | None, Query(description=_WHERE_HELP)] = None,
     views: Views = None,
 ) -> BatchResponse:
     """Each image gets its own results or its own error; one bad image does not fail the rest."""
