@@ -58,7 +58,17 @@ def test_a_result_link_leads_to_its_own_image_only(base: str) -> None:
 
 @pytest.mark.parametrize(
     "image_id",
-    ["a/../b", "./a", "a/./b", "..", "photo/file", "x/thumbnail", "a\u200bb", "evil\u202egpj.exe"],
+    [
+        "a/../b",
+        "./a",
+        "a/./b",
+        "..",
+        "photo/file",
+        "x/thumbnail",
+        "a\u200bb",
+        "evil\u202egpj.exe",
+        "a\ufffdb",
+    ],
 )
 def test_ids_that_urls_or_terminals_would_misread_are_refused_everywhere(base: str, image_id: str) -> None:
     assert id_problem(image_id) is not None  # the one rule folder, CSV and API ids go through

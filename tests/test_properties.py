@@ -38,6 +38,7 @@ def test_an_accepted_id_is_printable_bounded_utf8(image_id: str) -> None:
             not image_id
             or len(image_id) > MAX_ID_LENGTH
             or any(ord(ch) < 32 or ord(ch) == 127 for ch in image_id)
+            or "\ufffd" in image_id
             or any(unicodedata.category(ch) == "Cf" for ch in image_id)
             or any(segment in (".", "..") for segment in segments)
             or (len(segments) > 1 and segments[-1] in ("file", "thumbnail"))

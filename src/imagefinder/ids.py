@@ -24,6 +24,8 @@ def id_problem(image_id: str) -> str | None:
         image_id.encode("utf-8")
     except UnicodeEncodeError:  # a file name that is not valid UTF-8 on disk
         return f"the id {image_id!r} is not valid UTF-8"
+    if "\ufffd" in image_id:  # what bytes that are not UTF-8 become once decoded (a URL path)
+        return f"the id {image_id!r} holds U+FFFD, the mark of bytes that were not valid UTF-8"
     if any(unicodedata.category(ch) == "Cf" for ch in image_id):
         return f"the id {image_id!r} contains invisible formatting characters (such as U+200B or U+202E)"
     segments = image_id.split("/")
