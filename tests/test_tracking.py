@@ -82,6 +82,14 @@ def test_an_index_run_records_params_metrics_and_artifacts(tracked: Path, photos
     assert report["indexed"] == metrics["indexed"]
 
 
+def test_every_experiment_keeps_its_artifacts_in_the_data_directory(tracked: Path) -> None:
+    """MLflow's own "Default" experiment included: not `./mlruns` of the folder `index` ran in."""
+    experiments = client_for(tracked).search_experiments()
+    assert {e.name for e in experiments} == {"Default", "imagefinder"}
+    root = (tracked / "mlartifacts").resolve().as_uri()
+    assert all(e.artifact_location.startswith(root) for e in experiments), experiments
+
+
 def test_the_encoder_is_registered_once_and_the_index_records_its_version(
     tracked: Path, photos: Path
 ) -> None:
@@ -267,3 +275,56 @@ def test_a_run_whose_process_was_killed_is_marked_failed_by_the_next(
     with sqlite3.connect(home / "mlflow.db") as db:
         statuses = db.execute("SELECT status FROM runs ORDER BY start_time").fetchall()
     assert statuses == [("FAILED",), ("FINISHED",)]
+
+
+_LOAD_AND_PREDICT = """
+import json, sys
+import mlflow.pyfunc
+model = mlflow.pyfunc.load_model(sys.argv[1])
+print(json.dumps(model.predict([open(path, "rb").read() for path in sys.argv[2:]])))
+"""
+
+
+def test_the_registered_model_loads_in_a_clean_environment(
+    tracked: Path, photos: Path, tmp_path: Path
+) -> None:
+    """Plain MLflow in a virtual environment with only what the model declares (no ImageFinder)
+    loads the registered version and gives the index's vectors; its MLmodel records no path of
+    the machine that built it."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from imagefinder.stores.embedded import EmbeddedStore
+
+    model_dir = Path(client_for(tracked).get_model_version_download_uri(MODEL, "1").removeprefix("file://"))
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["model_code_path"] == "pyfunc_entry.py"
+    assert all(not Path(a["uri"]).is_absolute() for a in flavor["artifacts"].values())
+    requirements = (model_dir / "requirements.txt").read_text().split()
+    assert requirements and not any(line.startswith("imagefinder") for line in requirements)
+
+    venv = tmp_path / "clean"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*install, "-r", str(model_dir / "requirements.txt")], check=True, capture_output=True)
+    assert subprocess.run([str(python), "-c", "import imagefinder"], capture_output=True).returncode == 1
+
+    names = ["coffee.png", "rocket.jpg"]
+    out = subprocess.run(
+        [str(python), "-c", _LOAD_AND_PREDICT, str(model_dir), *(str(photos / n) for n in names)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    predicted = np.asarray(json.loads(out.stdout.strip().splitlines()[-1]), dtype=np.float32)
+    store = EmbeddedStore(tracked / "index")
+    try:
+        indexed = np.stack([store.get_vector(name) for name in names])
+    finally:
+        store.close()
+    # The index keeps float16 vectors: equal to that precision.
+    np.testing.assert_allclose(predicted, indexed, atol=2e-3)

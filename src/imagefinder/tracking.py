@@ -147,10 +147,22 @@ class MlflowTracker:
             try:
                 from mlflow.tracking import MlflowClient
 
+                self._create_local_store()
                 self._client_instance = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             except Exception as exc:  # noqa: BLE001  (any backend failure: say which URI)
                 raise TrackingError(f"cannot open the MLflow tracking store {self.uri}: {exc}") from exc
         return self._client_instance
+
+    def _create_local_store(self) -> None:
+        """A new SQLite store gets MLflow's "Default" experiment, whose artifacts would go to
+        `./mlruns` in whatever folder the command ran from: create it here with the data
+        directory's artifact folder instead."""
+        database = Path(self.uri.removeprefix("sqlite:///"))
+        if self._artifact_root is None or not self.uri.startswith("sqlite:///") or database.exists():
+            return
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(self.uri, self._artifact_root.resolve().as_uri())
 
     def experiment_id(self) -> str:
         client = self._client()
@@ -220,15 +232,26 @@ class MlflowTracker:
             return existing
         import mlflow.pyfunc
 
-        from imagefinder.encoders.pyfunc import ENTRY_POINT, model_files
+        from imagefinder.encoders.pyfunc import (
+            ENTRY_POINT,
+            make_paths_relative,
+            model_code,
+            model_files,
+            model_requirements,
+        )
 
         with tempfile.TemporaryDirectory() as scratch:
             staging = Path(scratch)
             (staging / "files").mkdir()
             artifacts = model_files(encoder, staging / "files")
             mlflow.pyfunc.save_model(
-                path=str(staging / "encoder"), python_model=str(ENTRY_POINT), artifacts=artifacts
+                path=str(staging / "encoder"),
+                python_model=str(ENTRY_POINT),
+                artifacts=artifacts,
+                code_paths=[str(model_code(staging / "code"))],
+                pip_requirements=model_requirements(encoder.spec),
             )
+            make_paths_relative(staging / "encoder")
             client.log_artifacts(run.run_id, str(staging / "encoder"), "encoder")
         source = f"{client.get_run(run.run_id).info.artifact_uri}/encoder"
         try:

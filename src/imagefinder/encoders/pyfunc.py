@@ -9,7 +9,9 @@ exactly that model. Only MLflow-related code imports this module (it imports mlf
 from __future__ import annotations
 
 import json
+import shutil
 from functools import partial
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,26 @@ from imagefinder.images import ImageLimits, decode_image
 
 # The file MLflow runs to build the model when it loads a version ("models from code").
 ENTRY_POINT = Path(__file__).with_name("pyfunc_entry.py")
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+# What a registered version needs beside its own code, pinned to what built the index: a clean
+# environment that installs these loads it and gets the same vectors.
+_REQUIREMENTS = ("mlflow-skinny", "onnxruntime", "numpy", "pillow", "pandas")
+_HF_REQUIREMENTS = ("transformers",)
+
+
+def model_code(folder: Path) -> Path:
+    """Copy ImageFinder's own code into `folder` for MLflow's `code_paths`: a registered
+    version loads without ImageFinder installed (MLflow puts the copy on `sys.path`)."""
+    target = folder / _PACKAGE.name
+    shutil.copytree(_PACKAGE, target, ignore=shutil.ignore_patterns("__pycache__", "static", "*.pyc"))
+    return target
+
+
+def model_requirements(spec: dict[str, Any]) -> list[str]:
+    """The pip requirements of a registered version (not `imagefinder`, which it carries)."""
+    names = _REQUIREMENTS + (_HF_REQUIREMENTS if spec.get("kind") == "hf" else ())
+    return [f"{name}=={version(name)}" for name in names]
 
 
 def model_files(encoder: Any, folder: Path) -> dict[str, str]:
@@ -53,6 +75,20 @@ def model_files(encoder: Any, folder: Path) -> dict[str, str]:
         encoder.processor.save_pretrained(folder / "processor")
         artifacts["processor"] = str(folder / "processor")
     return artifacts
+
+
+def make_paths_relative(model_dir: Path) -> None:
+    """MLflow records where a saved model's files came from (the build machine's absolute paths)
+    beside where they are inside the model; loading reads only the latter, so keep only that."""
+    from mlflow.models import Model
+
+    model = Model.load(str(model_dir))
+    flavor = model.flavors["python_function"]
+    if "model_code_path" in flavor:
+        flavor["model_code_path"] = Path(flavor["model_code_path"]).name
+    for artifact in flavor.get("artifacts", {}).values():
+        artifact["uri"] = artifact["path"]
+    model.save(str(model_dir / "MLmodel"))
 
 
 def encoder_from_files(onnx: Path, description: Path, processor: Path | None) -> OnnxEncoder:
