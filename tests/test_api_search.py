@@ -189,6 +189,22 @@ def test_metrics_count_requests_and_batches(client: TestClient, photos: Path) ->
     assert "imagefinder_index_images" in text
 
 
+def test_the_second_query_pass_counts_in_the_encoder_batch_metric(client: TestClient) -> None:
+    """A query that is no copy of anything gets 7 more views, one encoder batch of 7."""
+
+    def batches() -> tuple[float, float]:
+        lines = client.get("/metrics").text.splitlines()
+        value = {line.split()[0]: float(line.split()[-1]) for line in lines if not line.startswith("#")}
+        return value["imagefinder_encoder_batch_size_count"], value["imagefinder_encoder_batch_size_sum"]
+
+    before = batches()
+    stranger = encode(gradient(11, (300, 220)), "PNG")
+    answer = client.post("/search?views=adaptive", files={"file": ("g.png", stranger)})
+    assert answer.status_code == 200 and not any(r["is_copy"] for r in answer.json()["results"])
+    after = batches()
+    assert (after[0] - before[0], after[1] - before[1]) == (2, 8)
+
+
 def test_request_id_is_echoed_or_made(client: TestClient) -> None:
     assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
     made = client.get("/health", headers={"X-Request-ID": "bad id\nwith newline"}).headers["x-request-id"]

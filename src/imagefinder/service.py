@@ -120,10 +120,11 @@ class ImageFinder:
         min_score: float | None = None,
         where: Filter | None = None,
         views: QueryViews | None = None,
+        on_encoder_batch: Callable[[int], None] | None = None,
     ) -> list[SearchResult]:
         """Search with the plain query's `vector`; with `views` (default: the service's
         `query_views`) "adaptive", when that finds no copy, search again with the extra views of
-        `imagefinder.views` (7 more encoder runs)."""
+        `imagefinder.views` (7 more encoder runs, in one batch told to `on_encoder_batch`)."""
         threshold = self.copy_threshold
         hits = self._hits(vector, k, where)
         # Settled: a copy was found, or there is nothing to find (an empty collection, a filter
@@ -132,6 +133,8 @@ class ImageFinder:
         if (views or self._query_views) == "adaptive" and not settled:
             images, penalties = zip(*extra_views(query.image), strict=True)
             vectors = np.concatenate([vector[None], embed_images(self.encoder, images)])
+            if on_encoder_batch is not None:
+                on_encoder_batch(len(images))
             hits = self._hits(vectors, k, where, (0.0, *penalties))
         return _results(hits, k, min_score, None, threshold)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
@@ -19,6 +20,7 @@ from imagefinder.api.schemas import (
     Result,
     SearchQuery,
     SearchResponse,
+    image_part,
     multipart_or_json_body,
 )
 from imagefinder.errors import ImageFinderError
@@ -71,7 +73,7 @@ _VIEWS_HELP = (
 Views = Annotated[QueryViews | None, Query(description=_VIEWS_HELP)]
 
 _SEARCH_BODY = multipart_or_json_body(
-    {"file": {"type": "string", "format": "binary"}},
+    {"file": image_part("The query image (JPEG, PNG, WebP, GIF, BMP or TIFF).")},
     ["file"],
     SearchQuery,
     examples={
@@ -176,7 +178,7 @@ async def search_batch(
         request.app.state.metrics.encoder_batch.observe(len(prepared))
         for (position, query), vector in zip(prepared, vectors, strict=True):
             hits = await run_in_threadpool(
-                service.search_prepared, query, vector, k, min_score, fields, views
+                service.search_prepared, query, vector, k, min_score, fields, views, _observe(request)
             )
             items[position].results = [_to_result(r) for r in hits]
     return BatchResponse(
@@ -196,7 +198,14 @@ async def _search_bytes(
 ) -> list[SearchResult]:
     query = await run_in_threadpool(service.prepare, data, source)
     vector = await embed_prepared(request, service, query.pixels)
-    return await run_in_threadpool(service.search_prepared, query, vector, k, min_score, fields, views)
+    return await run_in_threadpool(
+        service.search_prepared, query, vector, k, min_score, fields, views, _observe(request)
+    )
+
+
+def _observe(request: Request) -> Callable[[int], None]:
+    """Where the second query pass reports its encoder batch (the first is the batcher's)."""
+    return request.app.state.metrics.encoder_batch.observe  # type: ignore[no-any-return]
 
 
 def _check_k(k: int | None, default: int, largest: int) -> int:
