@@ -107,6 +107,27 @@ def test_openapi_documents_search(client: TestClient) -> None:
     assert "/search" in spec["paths"] and "/health" in spec["paths"]
 
 
+def test_the_openapi_document_describes_what_this_server_accepts(client: TestClient, photos: Path) -> None:
+    """Image parts say their media types, the batch its limit, ids their rule; text queries are
+    not offered by a model without a text tower, and a query gives exactly one string."""
+    paths = client.get("/openapi.json").json()["paths"]
+    search = paths["/search"]["post"]["requestBody"]["content"]
+    assert "image/png" in search["multipart/form-data"]["encoding"]["file"]["contentType"]
+    query = search["application/json"]["schema"]
+    assert set(query["properties"]) == {"url", "id"} and query["additionalProperties"] is False
+    assert query["oneOf"] == [{"required": ["url"]}, {"required": ["id"]}]
+    assert all("text" not in example["value"] for example in search["application/json"]["examples"].values())
+    added = paths["/images"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert added["properties"]["id"]["pattern"].startswith("^$|^(?!")
+
+    batch = client.get("/openapi.json").json()["components"]["schemas"]["Body_search_batch_search_batch_post"]
+    assert batch["properties"]["files"]["maxItems"] == ApiSettings().max_batch_files
+
+    for body in ({}, {"id": "cat.png", "url": "http://x.org/a.png"}, {"id": None}, {"id": "cat.png", "k": 2}):
+        assert_error(client.post("/search", json=body), 422, "invalid_request")
+    assert client.post("/search", json={"id": photos.name + "/nope"}).status_code == 404
+
+
 def test_a_large_upload_stays_in_memory(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     """Starlette spools uploads over 1 MiB to a temporary file by default; ours must not."""
     import tempfile

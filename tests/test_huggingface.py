@@ -116,6 +116,9 @@ def test_clip_searches_by_text(tmp_path: Path, tiny: dict[str, Path], cache: Pat
     assert not any(r.is_copy for r in results)
     with TestClient(create_app(service, ApiSettings())) as client:
         assert client.get("/health").json()["text_search"] is True
+        # The OpenAPI document offers text queries for this model (not for image-only ones).
+        body = client.get("/openapi.json").json()["paths"]["/search"]["post"]["requestBody"]
+        assert "text" in body["content"]["application/json"]["schema"]["properties"]
         response = client.post("/search", json={"text": "a cat"}, params={"k": 2})
         assert response.status_code == 200 and len(response.json()["results"]) == 2
 

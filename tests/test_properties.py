@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from imagefinder.config import ApiSettings
 from imagefinder.encoders.base import EncoderInfo
 from imagefinder.evaluation.metrics import average_precision, micro_pr_curve
-from imagefinder.ids import MAX_ID_LENGTH, id_problem
+from imagefinder.ids import MAX_ID_LENGTH, id_pattern, id_problem
 from imagefinder.sources import CsvSource, SkippedRow, SourceItem
 from imagefinder.stores.embedded import EmbeddedStore
 
@@ -94,6 +95,25 @@ def test_average_precision_is_bounded_and_perfect_for_a_perfect_ranking(
     assert 0.0 <= micro <= 1.0 + 1e-9
     recalls = [point.recall for point in curve]
     assert recalls == sorted(recalls)  # recall never decreases down the ranking
+
+
+# Ids near the rule's edges: path segments, sub-resource endings, format and replacement characters.
+edgy_ids = st.lists(
+    st.sampled_from(["a", "..", ".", "file", "thumbnail", "/", "x.y", "\u200b", "\ufffd", "\u00e9", "\ud800"])
+    | any_text,
+    max_size=6,
+).map("".join)
+
+
+@FAST
+@given(edgy_ids | st.text(min_size=500, max_size=520))
+def test_the_documented_id_pattern_accepts_exactly_the_ids_the_rule_accepts(image_id: str) -> None:
+    """The OpenAPI document's pattern for ids is the id rule, so that clients and fuzzers know it
+    (for strings UTF-8 can carry: the rule refuses lone surrogates, the pattern cannot name them)."""
+    if any(0xD800 <= ord(ch) <= 0xDFFF for ch in image_id):
+        assert id_problem(image_id) is not None
+        return
+    assert (re.fullmatch(id_pattern(), image_id) is not None) == (id_problem(image_id) is None)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

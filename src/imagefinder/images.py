@@ -20,6 +20,8 @@ from imagefinder.errors import CorruptImageError, ImageTooLargeError, Unsupporte
 
 # Formats we accept. MPO is how Pillow reports many camera JPEGs.
 ACCEPTED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+# The same formats as media types, for clients: what an upload's Content-Type may say.
+ACCEPTED_MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 

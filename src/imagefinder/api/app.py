@@ -9,7 +9,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,6 +23,7 @@ from imagefinder.api.errors import install_error_handlers
 from imagefinder.api.http_methods import HeadAsGet, MethodTable
 from imagefinder.api.limits import BodyLimit
 from imagefinder.api.observability import Metrics, install_observability
+from imagefinder.api.openapi import install_openapi
 from imagefinder.api.schemas import Health, ModelInfo, Ready
 from imagefinder.config import ApiSettings
 from imagefinder.errors import ImageFinderError
@@ -140,36 +140,8 @@ def create_app(
     app.state.methods = MethodTable(
         [*app.routes, *search.router.routes, *images.router.routes, *page.router.routes]
     )
-    _document_the_settings(app, settings)
+    install_openapi(app, settings)
     return app
-
-
-def _document_the_settings(app: FastAPI, settings: ApiSettings) -> None:
-    """The OpenAPI document states the limits this server was started with (the routes are
-    declared once, before any settings exist): k's maximum."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            document = generate()
-            for operations in document["paths"].values():
-                for operation in operations.values():
-                    for parameter in operation.get("parameters", []):
-                        if parameter["name"] == "k" and parameter["in"] == "query":
-                            _schema_of(parameter)["maximum"] = settings.max_k
-            app.openapi_schema = document
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _schema_of(parameter: dict[str, Any]) -> dict[str, Any]:
-    """The integer schema of an optional parameter (FastAPI writes anyOf [integer, null])."""
-    schema: dict[str, Any] = parameter["schema"]
-    for option in schema.get("anyOf", []):
-        if option.get("type") == "integer":
-            return option  # type: ignore[no-any-return]
-    return schema
 
 
 def _ready(app: FastAPI, service: ImageFinder) -> None:

@@ -21,6 +21,8 @@ from imagefinder.api.schemas import (
     ImageRecord,
     ImageSummary,
     ModelInfo,
+    id_part,
+    image_part,
     multipart_or_json_body,
 )
 
@@ -42,8 +44,8 @@ router = APIRouter(prefix="/images", tags=["images"])
 
 _ADD_BODY = multipart_or_json_body(
     {
-        "file": {"type": "string", "format": "binary"},
-        "id": {"type": "string", "description": "default: the content hash"},
+        "file": image_part("The image (JPEG, PNG, WebP, GIF, BMP or TIFF)."),
+        "id": id_part(),
     },
     ["file"],
     AddUrl,

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from imagefinder.ids import id_pattern
+from imagefinder.images import ACCEPTED_MEDIA_TYPES
 
 
 class ModelInfo(BaseModel):
@@ -33,9 +36,20 @@ class SearchResponse(BaseModel):
     results: list[Result] = Field(description="Best first; equal scores in id order.")
 
 
+def _exactly_one_string(schema: dict[str, Any]) -> None:
+    """Each property a plain string (null is refused, as by the validator) and exactly one present."""
+    for prop in schema["properties"].values():
+        string = next(branch for branch in prop.pop("anyOf") if branch.get("type") == "string")
+        prop.pop("default", None)
+        prop.update(string)
+    schema["oneOf"] = [{"required": [name]} for name in schema["properties"]]
+
+
 class SearchQuery(BaseModel):
     """Exactly one of `url` (an image to download), `id` (an image already in the collection) or
-    `text` (a description, for CLIP-family models)."""
+    `text` (a description, for models with a text tower: see `text_search` in /health)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_exactly_one_string)
 
     url: str | None = Field(None, description="http(s) URL of the query image.")
     id: str | None = Field(None, description="Id of an indexed image: search with its stored vector.")
@@ -43,8 +57,9 @@ class SearchQuery(BaseModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchQuery:
-        if sum(value is not None for value in (self.url, self.id, self.text)) != 1:
-            raise ValueError("give exactly one of url, id or text")
+        given = [name for name in self.model_fields_set if getattr(self, name) is not None]
+        if len(given) != 1 or len(self.model_fields_set) != 1:
+            raise ValueError("give exactly one of url, id or text, as a string")
         return self
 
 
@@ -97,11 +112,38 @@ class Health(BaseModel):
     )
 
 
+def _documented_id_rule(schema: dict[str, Any]) -> None:
+    for branch in schema["properties"]["id"]["anyOf"]:
+        if branch.get("type") == "string":
+            branch["pattern"] = id_pattern()
+
+
 class AddUrl(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_documented_id_rule)
+
     url: str = Field(
         description="http(s) URL of the image to download and add.", examples=["https://example.org/cat.jpg"]
     )
     id: str | None = Field(None, description="Id to store it under; default: the content hash.")
+
+
+def image_part(description: str) -> dict[str, Any]:
+    """A multipart part that carries an image file."""
+    return {"type": "string", "format": "binary", "description": description}
+
+
+def id_part() -> dict[str, Any]:
+    """The optional `id` part of an upload: empty means "the content hash", as leaving it out."""
+    return {
+        "type": "string",
+        "pattern": f"^$|{id_pattern()}",
+        "description": "Id to store it under; empty or left out: the content hash.",
+    }
+
+
+def image_encoding(*parts: str) -> dict[str, Any]:
+    """The media types the image parts of a multipart body may be sent as."""
+    return {part: {"contentType": ", ".join(ACCEPTED_MEDIA_TYPES)} for part in parts}
 
 
 class Added(BaseModel):
@@ -143,12 +185,14 @@ def multipart_or_json_body(
     json_content: dict[str, Any] = {"schema": json_model.model_json_schema()}
     if examples:
         json_content["examples"] = examples
+    images = [name for name, part in parts.items() if part.get("format") == "binary"]
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {"type": "object", "required": required, "properties": parts}
+                    "schema": {"type": "object", "required": required, "properties": parts},
+                    "encoding": image_encoding(*images),
                 },
                 "application/json": json_content,
             },
