@@ -77,6 +77,30 @@ def test_ids_that_urls_or_terminals_would_misread_are_refused_everywhere(base: s
     assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_id"
 
 
+def test_an_id_field_that_is_not_utf8_is_refused_not_read_as_latin1(base: str) -> None:
+    """The bytes of "café" in Latin-1: in a URL path they become U+FFFD (refused); in a form
+    field they must not quietly become the id "café"."""
+    boundary = "imagefinderboundary"
+    data = encode(gradient(77, (40, 30)))
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="id"\r\n\r\n'.encode()
+        + b"caf\xe9"
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n'.encode()
+        + b"Content-Type: image/jpeg\r\n\r\n"
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    refused = httpx.post(f"{base}/images", content=body, headers=headers)
+    assert refused.status_code == 400 and "not valid UTF-8" in refused.json()["error"]["message"]
+    assert httpx.get(f"{base}/images/caf%C3%A9").status_code == 404
+    # The same id in UTF-8 is an id like any other.
+    utf8 = httpx.post(f"{base}/images", data={"id": "café"}, files={"file": ("x.jpg", data)})
+    assert utf8.status_code == 201 and httpx.get(f"{base}/images/caf%C3%A9").json()["id"] == "café"
+    two = httpx.post(f"{base}/images", data={"id": ["a1", "a2"]}, files={"file": ("x.jpg", data)})
+    assert two.status_code == 422 and "got 2" in two.json()["error"]["message"]
+
+
 def test_ids_that_only_look_unusual_are_kept() -> None:
     for image_id in ("a..b", "file", "thumbnail", "trip/file.jpg", "x/.hidden", "été/photo 1.jpg"):
         assert id_problem(image_id) is None, image_id

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, Request
 from numpy.typing import NDArray
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from imagefinder.api.errors import ApiError
 from imagefinder.config import ApiSettings
@@ -78,14 +80,39 @@ async def read_limited(upload_read: Callable[[int], Awaitable[bytes]], max_bytes
     return data
 
 
-async def read_form_file(request: Request, max_bytes: int) -> tuple[bytes, str, FormData]:
-    """The multipart part named `file` (at most `max_bytes`), its file name, and the whole form."""
-    form = await request.form()
-    parts = form.getlist("file")
-    if len(parts) > 1:
-        # One query per request: taking one of several parts would answer a question not asked.
-        raise ApiError("invalid_request", f"file: one part named 'file' expected, got {len(parts)}")
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ApiError("invalid_request", "file: a multipart part named 'file' is required")
-    return await read_limited(upload.read, max_bytes), upload.filename or "<upload>", form
+class _Utf8FormParser(MultiPartParser):
+    """Starlette's multipart parser, except that a text part that is not valid UTF-8 is refused:
+    Starlette would decode it as Latin-1, so the same bytes would be one id in a form and another
+    (holding U+FFFD, which the id rule refuses) in a URL."""
+
+    def on_part_end(self) -> None:
+        part = self._current_part
+        if part.file is None:
+            try:
+                bytes(part.data).decode("utf-8")
+            except UnicodeDecodeError:
+                raise MultiPartException(f"the form field {part.field_name!r} is not valid UTF-8") from None
+        super().on_part_end()
+
+
+async def read_form_file(request: Request, max_bytes: int) -> tuple[bytes, str, list[tuple[str, str]]]:
+    """The multipart part named `file` (at most `max_bytes`), its file name, and the form's text
+    fields as (name, value) in order."""
+    try:
+        async with aclosing(request.stream()) as stream:
+            form = await _Utf8FormParser(request.headers, stream).parse()
+    except MultiPartException as exc:
+        raise ApiError("bad_request", exc.message) from None
+    try:
+        parts = form.getlist("file")
+        if len(parts) > 1:
+            # One query per request: taking one of several parts would answer a question not asked.
+            raise ApiError("invalid_request", f"file: one part named 'file' expected, got {len(parts)}")
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError("invalid_request", "file: a multipart part named 'file' is required")
+        data = await read_limited(upload.read, max_bytes)
+        fields = [(name, value) for name, value in form.multi_items() if isinstance(value, str)]
+        return data, upload.filename or "<upload>", fields
+    finally:
+        await form.close()

@@ -67,11 +67,12 @@ _ADD_BODY = multipart_or_json_body(
 async def add_image(request: Request, response: Response, service: Service) -> Added:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        data, _, form = await read_form_file(request, service.limits.max_bytes)
-        image_id = form.get("id")
-        result = await run_in_threadpool(
-            service.collection.add_bytes, data, image_id if isinstance(image_id, str) and image_id else None
-        )
+        data, _, fields = await read_form_file(request, service.limits.max_bytes)
+        ids = [value for name, value in fields if name == "id"]
+        if len(ids) > 1:
+            raise ApiError("invalid_request", f"id: one part named 'id' expected, got {len(ids)}")
+        image_id = ids[0] if ids and ids[0] else None  # empty: the content hash, as when left out
+        result = await run_in_threadpool(service.collection.add_bytes, data, image_id)
     elif content_type.startswith("application/json"):
         try:
             body = AddUrl.model_validate_json(await request.body())
