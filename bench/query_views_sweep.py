@@ -84,7 +84,7 @@ class Task:
         stored = l2_normalise((raw - mean) @ projection)
         flat = l2_normalise((views.reshape(-1, views.shape[-1]) - mean) @ projection)  # l2_normalise is 2-d
         self.scores = np.einsum("qvd,cd->qvc", flat.reshape(len(queries), views.shape[1], -1), stored)
-        self.threshold = copy_threshold(stored)
+        self.threshold = copy_threshold(stored, whitened=True)
         self.collection = [p.name for p in collection]
         self.queries = [p.name for p in queries]
         self.truth = read_ground_truth(folder / "ground_truth.csv")

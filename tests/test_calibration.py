@@ -24,19 +24,60 @@ def clustered(n: int, spread: float, seed: int = 0) -> np.ndarray:
 
 
 def test_threshold_follows_how_alike_the_collection_is() -> None:
-    tight = copy_threshold(clustered(500, 0.2))  # near-identical images: a higher bar
-    loose = copy_threshold(clustered(500, 0.8))
-    assert LOWEST <= loose < tight <= HIGHEST
+    tight = copy_threshold(clustered(500, 1.5), whitened=False)  # images more alike: a higher bar
+    loose = copy_threshold(clustered(500, 3.0), whitened=False)
+    assert LOWEST <= loose < tight < DEFAULT_THRESHOLD
+
+
+def test_a_raw_space_with_a_few_copies_is_not_calibrated_to_them() -> None:
+    """One image in five with a near copy: the nearest-neighbour quantile is theirs (0.99); a raw
+    space has no scale to bound it by, so the measured default caps it."""
+    vectors = clustered(100, 3.0)
+    copies = l2_normalise(
+        vectors[:20] + 0.01 * np.random.default_rng(1).normal(size=(20, 64)).astype(np.float32)
+    )
+    threshold = copy_threshold(np.concatenate([vectors, copies]), whitened=False)
+    assert threshold == DEFAULT_THRESHOLD and float((copies * vectors[:20]).sum(axis=1).min()) > threshold
 
 
 def test_small_collections_use_the_measured_default() -> None:
-    assert copy_threshold(clustered(5, 0.5)) == DEFAULT_THRESHOLD
+    assert copy_threshold(clustered(5, 0.5), whitened=True) == DEFAULT_THRESHOLD
 
 
 def test_sampling_large_collections_stays_close() -> None:
     vectors = clustered(3000, 0.6)
-    full = copy_threshold(vectors, sample=3000, reference=3000)
-    assert copy_threshold(vectors, sample=500, reference=1500) == pytest.approx(full, abs=0.03)
+    full = copy_threshold(vectors, whitened=False, sample=3000, reference=3000)
+    sampled = copy_threshold(vectors, whitened=False, sample=500, reference=1500)
+    assert sampled == pytest.approx(full, abs=0.03)
+
+
+def with_copies(originals: int, copies_each: int, noise: float, dim: int = 512, seed: int = 0) -> np.ndarray:
+    """Unrelated images (random directions, as whitening leaves them) and near copies of some."""
+    rng = np.random.default_rng(seed)
+    base = l2_normalise(rng.normal(size=(originals, dim)).astype(np.float32))
+    copied = np.repeat(base[: originals // 2], copies_each, axis=0)
+    copies = l2_normalise((copied + noise * rng.normal(size=copied.shape)).astype(np.float32))
+    return np.concatenate([base, copies])
+
+
+def test_a_collection_full_of_copies_still_flags_them() -> None:
+    """Most nearest neighbours are copies here: their 0.95-quantile is the copies' own score,
+    which would flag almost none of them; the unrelated pairs' spread caps it."""
+    vectors = with_copies(400, 3, noise=0.03)  # copies score about 0.83 with their original
+    threshold = copy_threshold(vectors, whitened=True)
+    copy_scores = np.einsum("ij,ij->i", vectors[400:], np.repeat(vectors[:200], 3, axis=0))
+    nearest = np.sort(vectors @ vectors.T, axis=1)[:, -2]
+    assert np.quantile(nearest, 0.95) > np.median(copy_scores)  # the quantile alone would miss half
+    assert np.mean(copy_scores >= threshold) > 0.99
+    unrelated = vectors[:400] @ vectors[:400].T
+    assert (unrelated[np.triu_indices(400, 1)] < threshold).all()
+
+
+def test_a_collection_without_copies_keeps_its_look_alikes_below_the_bar() -> None:
+    vectors = with_copies(400, 0, noise=0.0)
+    threshold = copy_threshold(vectors, whitened=True)
+    scores = vectors @ vectors.T
+    assert (scores[np.triu_indices(400, 1)] < threshold).all() and threshold < HIGHEST
 
 
 def test_copies_are_flagged_and_other_photos_are_not(

@@ -1,36 +1,132 @@
-"""A calibrated "is this a copy?" threshold, from the collection's own statistics.
+"""Calibrated "is this a copy?" thresholds, from the collection's own statistics, in the space
+searched (whitened when whitening is on, where scores run lower than raw cosines).
 
-Each collection image's nearest *other* image gives the score of two distinct images that look
-alike in this collection (bursts of similar shots, the same scene twice, cut-outs on the same
-plain background). A copy of an image should score above almost all of them, so the threshold is
-a high quantile (0.95) of those nearest-neighbour scores, kept within [0.3, 0.95] as a sanity
-bound. It is computed in the space searched (whitened, when whitening is on), where scores run
-lower than raw cosines. One fixed threshold for every collection merges bursts with true
-duplicates in some and misses copies in others; this one moves with the collection. Dev-benchmark
-precision and recall are in bench/results/dev_benchmark*.json ("copy_signal").
+Two images of the collection (a duplicates scan, "more like this"): the duplicate threshold.
+
+- The look-alikes: each sampled image's nearest *other* image gives the score of two distinct
+  images that look alike in this collection (bursts of similar shots, the same scene twice,
+  cut-outs on the same plain background). A copy should score above almost all of them: a high
+  quantile (0.95) of those nearest-neighbour scores.
+- That quantile breaks in a collection full of copies, where most nearest neighbours *are*
+  copies (it climbs to their own scores: 0.95, nothing flagged), and rests on little in a small
+  one. The scores of random pairs set a band that does not move with how many copies there are
+  (copies are a tiny share of all pairs even in a collection full of them): `median + k * MAD`
+  (MAD scaled to a standard deviation), k = FLOOR_MADS to CEILING_MADS. Whitening makes unrelated
+  images near-orthogonal, so the band is narrow and about the same from one collection to
+  another. The quantile is kept at or above the floor; when most images' nearest neighbour
+  scores above the floor (most images have a copy), the ceiling is used instead.
+
+A new image against the collection (`is_copy` in search results): the copy threshold. A space
+learned from a few hundred images fits them closely, and an image it was not learned from scores
+higher against them than they score against each other: a photo of the same kind of subject that
+is no copy at all can reach 0.8. So the space is learned again without a fifth of the images, five
+times over, and the held-out images' best scores against the rest give the quantile instead (up to
+`HELD_OUT_UP_TO` images; not in a collection full of copies, where held-out images find their
+copies). The copy threshold is the higher of the two.
+
+Raw encoder spaces (whitening off, or too few images to learn it) have no common scale: there the
+nearest-neighbour quantile is used for both, at most DEFAULT_THRESHOLD (measured on the dev
+benchmark): with a few dozen images, one in twenty with a copy puts the quantile on the copies.
+
+Precision and recall of the flag on small, copy-free and copy-rich collections are in
+bench/results/duplicates.json ("calibration").
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 QUANTILE = 0.95
+FLOOR_MADS, CEILING_MADS = 10.0, 11.0
 LOWEST, HIGHEST = 0.3, 0.95
 # Fewer images than this give no useful statistics: use the value measured on the dev benchmark.
 MIN_IMAGES = 20
 DEFAULT_THRESHOLD = 0.72
+# The held-out check runs up to this many images (sampled): beyond, a projection learned from tens
+# of thousands of images inflates a new image's scores too little to matter.
+HELD_OUT_UP_TO = 20_000
+HELD_OUT_FOLDS = 5
+# 1.4826 * MAD estimates the standard deviation of normally distributed scores.
+_MAD_TO_SIGMA = 1.4826
+
+# A search space learned from some encoder vectors: encoder vectors -> searched vectors.
+Fit = Callable[[NDArray[np.float32]], Callable[[NDArray[np.float32]], NDArray[np.float32]]]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    copy: float  # for a query image: `is_copy` in search results
+    duplicate: float  # for two images of the collection: the duplicates scan, "more like this"
+
+
+def calibrate(
+    raw: NDArray[np.float32],
+    project: Callable[[NDArray[np.float32]], NDArray[np.float32]],
+    fit: Fit | None,
+    seed: int = 0,
+) -> Thresholds:
+    """Both thresholds for a collection whose encoder vectors are (a sample of) `raw`, searched
+    through `project`; `fit` (None: a raw space) learns a space like it from other vectors."""
+    searched = project(raw)
+    duplicate = copy_threshold(searched, whitened=fit is not None, seed=seed)
+    if fit is None or len(raw) < MIN_IMAGES or full_of_copies(searched, seed):
+        return Thresholds(duplicate, duplicate)
+    outside = held_out_threshold(raw, fit, seed)
+    return Thresholds(float(np.clip(max(duplicate, outside), LOWEST, HIGHEST)), duplicate)
+
+
+def held_out_threshold(raw: NDArray[np.float32], fit: Fit, seed: int = 0) -> float:
+    """The 0.95-quantile of how well an image the space was *not* learned from matches the
+    collection: folds of the images are held out, the space is learned from the others, and each
+    held-out image's best score against them is recorded."""
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(len(raw))[:HELD_OUT_UP_TO]
+    best = []
+    for fold in range(HELD_OUT_FOLDS):
+        held = rows[fold::HELD_OUT_FOLDS]
+        rest = np.setdiff1d(rows, held)
+        project = fit(raw[rest])
+        best.append((project(raw[held]) @ project(raw[rest]).T).max(axis=1))
+    return float(np.quantile(np.concatenate(best), QUANTILE))
 
 
 def copy_threshold(
-    vectors: NDArray[np.float32], sample: int = 2000, reference: int = 50_000, seed: int = 0
+    vectors: NDArray[np.float32],
+    whitened: bool,
+    sample: int = 2000,
+    reference: int = 50_000,
+    seed: int = 0,
 ) -> float:
-    """The threshold for a collection of L2-normalised `vectors` (n, dim). Large collections are
-    sampled: `sample` queries against at most `reference` images (both with a fixed seed)."""
+    """The in-collection threshold for L2-normalised `vectors` (n, dim) as searched (`whitened`
+    or not). Large collections are sampled: `sample` queries against at most `reference` images
+    (both with a fixed seed)."""
     n = len(vectors)
     if n < MIN_IMAGES:
         return DEFAULT_THRESHOLD
     rng = np.random.default_rng(seed)
+    nearest = nearest_scores(vectors, rng, sample, reference)
+    threshold = float(np.quantile(nearest, QUANTILE))
+    if whitened:
+        floor, ceiling = unrelated_band(vectors, rng)
+        # Most nearest neighbours above the floor: they are copies, and so is their quantile.
+        threshold = ceiling if float(np.median(nearest)) >= floor else max(threshold, floor)
+    else:
+        # No common scale to bound it by: at most the value measured on the dev benchmark, so
+        # that a small collection where one image in twenty has a copy is not calibrated to the
+        # copies' own scores.
+        threshold = min(threshold, DEFAULT_THRESHOLD)
+    return float(np.clip(threshold, LOWEST, HIGHEST))
+
+
+def nearest_scores(
+    vectors: NDArray[np.float32], rng: np.random.Generator, sample: int = 2000, reference: int = 50_000
+) -> NDArray[np.float32]:
+    """Each sampled image's score with its nearest other image."""
+    n = len(vectors)
     queries = rng.choice(n, size=min(sample, n), replace=False)
     pool = np.sort(rng.choice(n, size=min(reference, n), replace=False))
     nearest = np.full(len(queries), -1.0, dtype=np.float32)
@@ -39,4 +135,28 @@ def copy_threshold(
         scores = vectors[rows] @ vectors[pool].T
         scores[rows[:, None] == pool[None, :]] = -1.0  # not itself
         nearest[start : start + 256] = scores.max(axis=1)
-    return float(np.clip(np.quantile(nearest, QUANTILE), LOWEST, HIGHEST))
+    return nearest
+
+
+def unrelated_band(
+    vectors: NDArray[np.float32], rng: np.random.Generator, pairs: int = 200_000
+) -> tuple[float, float]:
+    """(floor, ceiling) from the scores of random distinct pairs: median + k * MAD."""
+    n = len(vectors)
+    first = rng.integers(0, n, size=pairs)
+    second = rng.integers(0, n - 1, size=pairs)
+    second = second + (second >= first)  # never the same image
+    scores = np.einsum("ij,ij->i", vectors[first], vectors[second])
+    median = float(np.median(scores))
+    spread = _MAD_TO_SIGMA * float(np.median(np.abs(scores - median)))
+    return median + FLOOR_MADS * spread, median + CEILING_MADS * spread
+
+
+def full_of_copies(searched: NDArray[np.float32], seed: int = 0) -> bool:
+    """Whether most images have a near copy (their nearest neighbours' median is above the band's
+    floor): then held-out images find their copies among the rest, and their scores say nothing
+    about distinct images."""
+    rng = np.random.default_rng(seed)
+    nearest = nearest_scores(searched, rng)
+    floor, _ = unrelated_band(searched, rng)
+    return float(np.median(nearest)) >= floor

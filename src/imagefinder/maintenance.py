@@ -5,9 +5,15 @@ version that built it).
 
 from __future__ import annotations
 
-from imagefinder.calibration import copy_threshold
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from imagefinder.calibration import calibrate
 from imagefinder.encoders.base import Encoder
 from imagefinder.errors import EncoderMismatchError
+from imagefinder.search_space import SearchSpace
 from imagefinder.stores.base import VectorStore
 from imagefinder.tracking import ModelRecord
 from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, REGULARISATION, fit_whitening
@@ -47,14 +53,24 @@ class Maintenance:
         sample = self.store.vectors(limit=FIT_SAMPLE)
         if force or n <= REFIT_ALWAYS_UP_TO or drifted or space.fitted_with != fitted_with:
             space = space.fitted(fit_whitening(sample, self._whitening, self._search_dims), n, fitted_with)
-        self.store.set_search_space(space.calibrated(copy_threshold(space.project(sample))))
+        self.store.set_search_space(self._calibrated(space, sample))
 
     def calibrate(self) -> float:
         """Recompute the "is this a copy?" threshold from the collection (see `calibration`)."""
         space = self.store.search_space
-        space = space.calibrated(copy_threshold(space.project(self.store.vectors(limit=FIT_SAMPLE))))
+        space = self._calibrated(space, self.store.vectors(limit=FIT_SAMPLE))
         self.store.set_search_space(space)
         return space.copy_threshold
+
+    def _calibrated(self, space: SearchSpace, sample: NDArray[np.float32]) -> SearchSpace:
+        fit = None
+        if space.projection is not None:
+
+            def fit(vectors: NDArray[np.float32]) -> Callable[[NDArray[np.float32]], NDArray[np.float32]]:
+                return SearchSpace(fit_whitening(vectors, self._whitening, self._search_dims)).project
+
+        thresholds = calibrate(sample, space.project, fit)
+        return space.calibrated(thresholds.copy, thresholds.duplicate)
 
     # -- provenance (MLflow) ---------------------------------------------------------------
 

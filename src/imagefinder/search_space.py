@@ -45,6 +45,14 @@ class SearchSpace:
     # Changes with every fit only: vectors indexed through the projection stay valid while it is
     # the same, whatever the threshold does.
     projection_id: str = ""
+    # The threshold for two images of the collection (a duplicates scan, "more like this"): both
+    # were in the fit, so their scores are not inflated the way a new image's can be in a space
+    # learned from few images (see `calibration`). None: the copy threshold.
+    duplicate_threshold: float | None = None
+
+    @property
+    def in_collection_threshold(self) -> float:
+        return self.copy_threshold if self.duplicate_threshold is None else self.duplicate_threshold
 
     @staticmethod
     def new_version() -> str:
@@ -56,10 +64,22 @@ class SearchSpace:
         version = self.new_version()
         same = projection is None and self.projection is None and self.projection_id
         projection_id = self.projection_id if same else version
-        return SearchSpace(projection, self.copy_threshold, fitted_on, fitted_with, version, projection_id)
+        return replace(
+            self,
+            projection=projection,
+            fitted_on=fitted_on,
+            fitted_with=fitted_with,
+            version=version,
+            projection_id=projection_id,
+        )
 
-    def calibrated(self, copy_threshold: float) -> SearchSpace:
-        return replace(self, copy_threshold=round(float(copy_threshold), 4), version=self.new_version())
+    def calibrated(self, copy_threshold: float, duplicate_threshold: float | None = None) -> SearchSpace:
+        return replace(
+            self,
+            copy_threshold=round(float(copy_threshold), 4),
+            duplicate_threshold=None if duplicate_threshold is None else round(float(duplicate_threshold), 4),
+            version=self.new_version(),
+        )
 
     def dim(self, encoder_dim: int) -> int:
         """The searched dimension."""
@@ -81,6 +101,7 @@ class SearchSpace:
             "whitened": self.projection is not None,
             "dims": None if self.projection is None else int(self.projection[1].shape[1]),
             "copy_threshold": self.copy_threshold,
+            "duplicate_threshold": self.in_collection_threshold,
             "fitted_on": self.fitted_on,
             "fitted_with": self.fitted_with,
         }
@@ -92,6 +113,7 @@ class SearchSpace:
             {
                 "version": self.version,
                 "copy_threshold": self.copy_threshold,
+                "duplicate_threshold": self.duplicate_threshold,
                 "fitted_on": self.fitted_on,
                 "fitted_with": self.fitted_with,
                 "projection_id": self.projection_id,
@@ -123,6 +145,7 @@ class SearchSpace:
             str(fields["fitted_with"]),
             str(fields["version"]),
             str(fields["projection_id"]),
+            None if fields.get("duplicate_threshold") is None else float(fields["duplicate_threshold"]),
         )
 
 

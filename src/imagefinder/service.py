@@ -125,18 +125,19 @@ class ImageFinder:
         """Search with the plain query's `vector`; with `views` (default: the service's
         `query_views`) "adaptive", when that finds no copy, search again with the extra views of
         `imagefinder.views` (7 more encoder runs, in one batch told to `on_encoder_batch`)."""
-        threshold = self.copy_threshold
+        space = self.store.search_space
         hits = self._hits(vector, k, where)
-        # Settled: a copy was found, or there is nothing to find (an empty collection, a filter
-        # that matches nothing), where more views cannot help.
-        settled = not hits or hits[0].score >= threshold
+        # Settled: the best match scores like a copy by the collection's own look-alikes (the
+        # in-collection threshold, lower than the copy flag's), or there is nothing to find (an
+        # empty collection, a filter that matches nothing), where more views cannot help.
+        settled = not hits or hits[0].score >= space.in_collection_threshold
         if (views or self._query_views) == "adaptive" and not settled:
             images, penalties = zip(*extra_views(query.image), strict=True)
             vectors = np.concatenate([vector[None], embed_images(self.encoder, images)])
             if on_encoder_batch is not None:
                 on_encoder_batch(len(images))
             hits = self._hits(vectors, k, where, (0.0, *penalties))
-        return _results(hits, k, min_score, None, threshold)
+        return _results(hits, k, min_score, None, space.copy_threshold)
 
     def search_vector(
         self,
@@ -192,6 +193,17 @@ class ImageFinder:
         query = self.prepare(data, source)
         return self.search_prepared(query, self.embed_prepared([query.pixels])[0], k, min_score, where, views)
 
+    def search_all_views(
+        self, data: bytes, source: str, k: int, exclude_id: str | None = None, where: Filter | None = None
+    ) -> list[SearchResult]:
+        """An image searched with its plain view and every extra view at once (a duplicates
+        scan's second look at an image that found no copy by its stored vector)."""
+        query = self.prepare(data, source)
+        images, penalties = zip(*extra_views(query.image), strict=True)
+        vectors = np.concatenate([self.embed_prepared([query.pixels]), embed_images(self.encoder, images)])
+        hits = self._hits(vectors, k + (1 if exclude_id is not None else 0), where, (0.0, *penalties))
+        return _results(hits, k, None, exclude_id, self.copy_threshold)
+
     def search_id(
         self,
         image_id: str,
@@ -200,11 +212,14 @@ class ImageFinder:
         exclude_self: bool = True,
         where: Filter | None = None,
     ) -> list[SearchResult]:
-        """ "More like this": reuses the stored vector, no image is decoded or embedded."""
+        """ "More like this": reuses the stored vector, no image is decoded or embedded. Two
+        images of the collection: `is_copy` by the duplicate threshold (see `calibration`)."""
         vector = self.store.get_vector(image_id)
         if vector is None:
             raise UnknownIdError(image_id)
-        return self.search_vector(vector, k, min_score, image_id if exclude_self else None, where)
+        exclude_id = image_id if exclude_self else None
+        hits = self._hits(vector, k + (1 if exclude_id is not None else 0), where)
+        return _results(hits, k, min_score, exclude_id, self.store.search_space.in_collection_threshold)
 
     def count(self) -> int:
         return self.store.count()
