@@ -88,6 +88,19 @@ def test_equal_scores_come_in_id_order(store: Any) -> None:
     assert [h.id for h in store.search(vec(0, 1, 0, 0)[0], k=3)] == ["a", "b", "c"]
 
 
+def test_similar_answers_many_queries_like_search_above_a_score(store: Any) -> None:
+    """The duplicates scan's batch search: each row as `search` would answer it, cut at the score."""
+    vectors = np.vstack([vec(1, 0, 0, 0), vec(1, 0.2, 0, 0), vec(0, 0, 1, 0), vec(0, 0, 1, 0.3)])
+    store.upsert(["a", "b", "c", "d"], vectors, [{"part": "x"}, {"part": "y"}, {"part": "x"}, {"part": "y"}])
+    found = store.similar(vectors, k=2, min_score=0.9)
+    assert [[h.id for h in hits] for hits in found] == [["a", "b"], ["b", "a"], ["c", "d"], ["d", "c"]]
+    for row, hits in zip(vectors, found, strict=True):
+        expected = [h for h in store.search(row, k=2) if h.score >= 0.9]
+        assert [(h.id, round(h.score, 5)) for h in hits] == [(h.id, round(h.score, 5)) for h in expected]
+    assert store.similar(vectors[:1], k=3, min_score=0.9, where={"part": "y"})[0][0].id == "b"
+    assert [h.id for h in store.similar(vectors[:1], k=3, min_score=0.999)[0]] == ["a"]
+
+
 def test_upsert_replaces_and_delete_removes(store: Any) -> None:
     store.upsert(
         ["a", "b", "c"], np.vstack([vec(1, 0, 0, 0), vec(0, 1, 0, 0), vec(0, 0, 1, 0)]), [{"v": 1}, {}, {}]

@@ -82,6 +82,27 @@ def test_switches_to_approximate_at_the_threshold_with_high_recall_and_exact_sco
     assert store.count() == THRESHOLD // 2 - 1
 
 
+def test_the_approximate_batch_search_finds_near_copies_with_exact_scores(tmp_path: Path) -> None:
+    """`similar` (the duplicates scan) over the IVF index: many rows at once, the few lists each
+    scans still hold its near copies, and the scores come from the stored vectors."""
+    store = open_store(tmp_path)
+    vectors = clustered(3000)
+    rng = np.random.default_rng(5)
+    copies = vectors[:100] + 0.05 * rng.standard_normal((100, DIM)).astype(np.float32)
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    ids = fill(store, np.concatenate([vectors, copies]))
+    assert store.index_stats()["kind"] == "ivf"
+    assert (np.einsum("ij,ij->i", copies, vectors[:100]) > 0.9).all()
+    found = store.similar(vectors[:100], k=5, min_score=0.9)
+    for row, hits in enumerate(found):
+        copy_id = ids[3000 + row]
+        assert copy_id in [h.id for h in hits], row
+        for hit in hits:
+            stored = np.concatenate([vectors, copies])[ids.index(hit.id)]
+            assert hit.score >= 0.9 and hit.score == pytest.approx(float(stored @ vectors[row]), abs=5e-4)
+    store.close()
+
+
 def test_delete_and_update_are_visible_to_the_next_search(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     vectors = clustered(2000)

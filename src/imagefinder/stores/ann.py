@@ -43,6 +43,10 @@ class VectorIndex(Protocol):
         one or more views (views, dim): a key scores its best view less that view's penalty."""
         ...
 
+    def search_each(self, queries: NDArray[np.float32], k: int, allowed: Keys | None) -> list[Candidates]:
+        """The k best (key, score) of each row of `queries`, each row a query of its own."""
+        ...
+
 
 class ExactIndex:
     kind = "exact"
@@ -106,6 +110,21 @@ class ExactIndex:
         else:
             top = np.arange(len(keys))
         return list(zip(keys[top].tolist(), scores[top].tolist(), strict=True))
+
+    def search_each(self, queries: NDArray[np.float32], k: int, allowed: Keys | None) -> list[Candidates]:
+        n = len(self._rows)
+        matrix, keys = self._matrix[:n], self._keys[:n]
+        if allowed is not None:
+            mask = np.isin(keys, allowed)
+            matrix, keys = matrix[mask], keys[mask]
+        if len(keys) == 0 or k < 1:
+            return [[] for _ in range(len(queries))]
+        scores = queries @ matrix.T  # (queries, keys)
+        k = min(k, len(keys))
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        return [
+            list(zip(keys[row].tolist(), scores[q, row].tolist(), strict=True)) for q, row in enumerate(top)
+        ]
 
 
 def nlist_for(n: int) -> int:
@@ -215,6 +234,28 @@ class IvfIndex:
                 if key >= 0 and score - penalty > best.get(key, -math.inf):
                     best[key] = score - penalty
         return list(best.items())
+
+    def search_each(self, queries: NDArray[np.float32], k: int, allowed: Keys | None) -> list[Candidates]:
+        """Many queries at once on every core, each scanning the `nprobe` nearest lists without the
+        floor of `probes_for`: a row's near copies score high and sit in the lists nearest to it,
+        where the few probes find them (recall measured in bench/duplicates.py)."""
+        import faiss
+
+        if len(self) == 0 or k < 1:
+            return [[] for _ in range(len(queries))]
+        params = faiss.SearchParametersIVF()
+        params.nprobe = min(self.nlist, self.nprobe)
+        if allowed is not None:
+            if len(allowed) == 0:
+                return [[] for _ in range(len(queries))]
+            params.sel = self._selector_for(allowed)
+            params.nprobe = min(self.nlist, math.ceil(self.nprobe * len(self) / len(allowed)))
+        _use_threads(os.cpu_count() or 1)
+        scores, keys = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)
+        return [
+            [(key, score) for key, score in zip(row_keys, row_scores, strict=True) if key >= 0]
+            for row_keys, row_scores in zip(keys.tolist(), scores.tolist(), strict=True)
+        ]
 
     def _selector_for(self, allowed: Keys) -> Any:
         """A FAISS id selector: a hash set for a few keys, a bitmap over the key range for many

@@ -57,6 +57,13 @@ class VectorStore(Protocol):
         `where` is applied during the search: k matches are returned when k exist."""
         ...
 
+    def similar(
+        self, vectors: NDArray[np.float32], k: int, min_score: float, where: Filter | None = None
+    ) -> list[list[Hit]]:
+        """Many one-view queries at once (a duplicates scan): for each row of `vectors`, its best
+        matches up to k that score at least `min_score`, best first, among images matching `where`."""
+        ...
+
     def optimise(self) -> None:
         """After a bulk change: let the store reorganise its index (build, retrain, snapshot)."""
         ...

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 DB_NAME = "images.sqlite"
 # Candidates re-scored exactly per result asked for (at least k + RERANK_EXTRA).
 RERANK_FACTOR, RERANK_EXTRA = 2, 16
+# How far below the asked-for score an approximate (8-bit) score may fall and still be re-scored:
+# well above the codes' error on unit vectors.
+APPROXIMATION_MARGIN = 0.05
 _USER = "user."  # prefix of the facts others record (set_meta), apart from the store's own
 
 
@@ -193,6 +196,44 @@ class EmbeddedStore:
         return ranked(
             ((row[0], float(score), row[1]) for row, score in zip(found, exact.max(axis=1), strict=True)), k
         )
+
+    def similar(
+        self, vectors: NDArray[np.float32], k: int, min_score: float, where: Filter | None = None
+    ) -> list[list[Hit]]:
+        """For each row of `vectors` (many queries of one view each, as a duplicates scan asks),
+        its best matches up to k scoring at least `min_score`, best first. Only candidates the
+        approximate index puts near `min_score` are re-scored, so the catalog reads stay few."""
+        queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        checked = conditions(where) if where else None
+        with self._lock:
+            self._catch_up()
+            if k < 1 or len(self._index) == 0:
+                return [[] for _ in range(len(queries))]
+            allowed = self._catalog.matching_keys(checked, self._index.seq) if checked else None
+            space = self._space
+            projected = space.project(queries)
+            approximate = self._index.approximate
+            floor = min_score - APPROXIMATION_MARGIN if approximate else min_score
+            candidates = [
+                [(key, score) for key, score in found if score >= floor]
+                for found in self._index.search_each(projected, k, allowed)
+            ]
+            wanted = sorted({key for found in candidates for key, _ in found})
+            rows = self._catalog.rows_of(wanted, with_vectors=approximate)
+        exact: dict[int, NDArray[np.float32]] = {}
+        if approximate and rows:
+            present = list(rows)
+            projected_rows = space.project(np.stack([rows[key][2] for key in present]))
+            exact = dict(zip(present, projected_rows, strict=True))
+        results = []
+        for query, found in zip(projected, candidates, strict=True):
+            scored = (
+                (rows[key][0], float(exact[key] @ query) if approximate else score, rows[key][1])
+                for key, score in found
+                if key in rows
+            )
+            results.append(ranked((hit for hit in scored if hit[1] >= min_score), k))
+        return results
 
     def get(self, image_id: str) -> Payload | None:
         with self._lock:

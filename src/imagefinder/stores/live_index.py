@@ -208,6 +208,9 @@ class LiveIndex:
     ) -> Candidates:
         return self._index.search(projected, penalties, wanted, allowed)
 
+    def search_each(self, projected: NDArray[np.float32], k: int, allowed: Keys | None) -> list[Candidates]:
+        return self._index.search_each(projected, k, allowed)
+
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = {"kind": self._index.kind, "vectors": len(self._index)}
         if isinstance(self._index, IvfIndex):
