@@ -301,10 +301,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 def _register_commands() -> None:
     from imagefinder.cli_admin import demo_data, make_benchmark_command, migrate, models, runs
+    from imagefinder.cli_duplicates import duplicates
     from imagefinder.cli_evaluate import evaluate
     from imagefinder.cli_models import finetune, reindex, rollback
 
     for command in (
+        duplicates,
         evaluate,
         runs,
         models,

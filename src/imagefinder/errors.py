@@ -53,6 +53,11 @@ class InvalidFilterError(ImageFinderError):
     a value that is not a string, number or boolean)."""
 
 
+class InvalidScanError(ImageFinderError):
+    """A duplicates scan asked for with a threshold outside [-1, 1], an unknown keeper rule, or
+    `across` without `against`."""
+
+
 class UnknownIdError(ImageFinderError):
     """An image id that the collection does not hold."""
 

@@ -11,7 +11,9 @@ from typing import Any
 from imagefinder.blobs import BlobStore
 from imagefinder.collection import Collection
 from imagefinder.config import Settings
+from imagefinder.duplicates import DuplicateFinder
 from imagefinder.encoders import Encoder, build_encoder
+from imagefinder.errors import FetchError, ImageError, SourceError
 from imagefinder.fetch import FetchSettings, HttpFetcher
 from imagefinder.generations import Generations, IndexGenerations
 from imagefinder.images import ImageLimits
@@ -19,7 +21,7 @@ from imagefinder.indexer import Indexer
 from imagefinder.maintenance import Maintenance
 from imagefinder.reindex import SERVE_WITH, Reindexer
 from imagefinder.service import ImageFinder, QueryViews
-from imagefinder.stores.base import VectorStore
+from imagefinder.stores.base import Filter, Payload, VectorStore
 from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.tracking import MODEL_URI_PREFIX, MlflowTracker, NoTracker, Tracker
 from imagefinder.training.data import ImageReader
@@ -93,6 +95,22 @@ def build_fetcher(settings: Settings, allow_private: bool) -> HttpFetcher:
 def image_reader(settings: Settings) -> ImageReader:
     """Reads indexed images again from where the index recorded them (fine-tuning, reindex)."""
     return ImageReader(image_limits(settings), build_fetcher(settings, allow_private=True).fetch)
+
+
+def duplicate_finder(service: ImageFinder, reader: ImageReader) -> DuplicateFinder:
+    """A duplicates scan over the service's store, whose second look reads images with `reader`."""
+
+    def look_again(
+        image_id: str, payload: Payload, k: int, where: Filter | None
+    ) -> list[tuple[str, float]] | None:
+        try:
+            data = reader.read(image_id, payload)
+            found = service.search_all_views(data, image_id, k, exclude_id=image_id, where=where)
+        except (SourceError, FetchError, ImageError):
+            return None
+        return [(result.id, result.score) for result in found]
+
+    return DuplicateFinder(service.store, look_again)
 
 
 def build_tracker(settings: Settings) -> Tracker:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.formparsers import MultiPartParser
 
 from imagefinder import __version__
-from imagefinder.api import images, page, search
+from imagefinder.api import duplicates, images, page, search
 from imagefinder.api.batcher import MicroBatcher
 from imagefinder.api.deps import Service
 from imagefinder.api.errors import install_error_handlers
@@ -76,6 +76,7 @@ def create_app(
     app.state.service = None
     app.state.load_error = None
     app.state.batchers = {}  # id(service) -> its MicroBatcher
+    app.state.duplicate_scans = duplicates.ScanCache()
     app.state.metrics = Metrics(lambda: app.state.service.count() if app.state.service else 0)
     install_error_handlers(app)
     # Starlette spools uploads over 1 MiB to a temporary file; keep uploads up to our own limit
@@ -135,10 +136,17 @@ def create_app(
 
     app.include_router(search.router)
     app.include_router(images.router)
+    app.include_router(duplicates.router)
     app.include_router(page.router)
     app.mount("/static", page.static_files(), name="static")
     app.state.methods = MethodTable(
-        [*app.routes, *search.router.routes, *images.router.routes, *page.router.routes]
+        [
+            *app.routes,
+            *search.router.routes,
+            *images.router.routes,
+            *duplicates.router.routes,
+            *page.router.routes,
+        ]
     )
     install_openapi(app, settings)
     return app

@@ -89,6 +89,7 @@ async def add_image(request: Request, response: Response, service: Service) -> A
             "unsupported_media_type",
             "send multipart/form-data with a file, or application/json with a url",
         )
+    request.app.state.duplicate_scans.clear()
     if not result.created:
         response.status_code = 200
     return Added(id=result.id, created=result.created, replaced=result.replaced)
@@ -169,8 +170,9 @@ def get_image(image_id: str, service: Service) -> ImageRecord:
     response_class=Response,
     dependencies=[WriteAccess],
 )
-def delete_image(image_id: str, service: Service) -> Response:
+def delete_image(image_id: str, request: Request, service: Service) -> Response:
     service.collection.delete(image_id)
+    request.app.state.duplicate_scans.clear()
     return Response(status_code=204)
 
 

@@ -1,26 +1,45 @@
 // ImageFinder's page: search by dropping, pasting, choosing or linking an image; browse the
-// collection; look at one image and its nearest neighbours. It uses only the public JSON API.
+// collection; look at one image and its nearest neighbours; review the groups of duplicates and
+// remove the copies. It uses only the public JSON API.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const PAGE_SIZE = 48;
+const GROUPS_PER_PAGE = 10;
+const KEY_ITEM = "imagefinder-api-key";
 
-// The API's one error shape, {"error": {"code", "message"}}, becomes an Error with that message.
+// The API's one error shape, {"error": {"code", "message"}}, becomes an Error with that message
+// (and the HTTP status, so a 401 can ask for a key).
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const key = sessionStorage.getItem(KEY_ITEM);
+  const headers = Object.assign({}, options.headers || {}, key ? { "X-API-Key": key } : {});
+  const response = await fetch(path, Object.assign({}, options, { headers }));
   const body = await response.json().catch(() => null);
   if (!response.ok) {
     const message = body && body.error ? body.error.message : `HTTP ${response.status}`;
-    throw new Error(message);
+    throw Object.assign(new Error(message), { status: response.status });
   }
   return body;
+}
+
+// A write the server refuses for want of an API key asks for one once, then tries again.
+async function withKey(call) {
+  try {
+    return await call();
+  } catch (error) {
+    if (error.status !== 401) throw error;
+    const key = window.prompt("This server needs an API key to remove images:");
+    if (!key) throw error;
+    sessionStorage.setItem(KEY_ITEM, key);
+    return call();
+  }
 }
 
 // Ids may contain slashes (folder paths): encode each segment, keep the slashes.
 const imagePath = (id) => "/images/" + encodeURIComponent(id).replace(/%2F/g, "/");
 
 function showOnly(view) {
-  for (const name of ["search", "browse", "detail"]) $("view-" + name).hidden = name !== view;
+  for (const name of ["search", "browse", "detail", "duplicates"]) $("view-" + name).hidden = name !== view;
 }
 
 function setStatus(text, busy) {
@@ -183,8 +202,102 @@ async function showDetail(id) {
   }
 }
 
+function memberCard(member) {
+  const item = card(member, false);
+  item.classList.toggle("keeper", member.keeper);
+  const score = document.createElement("div");
+  score.className = "score";
+  score.textContent = member.keeper ? "" : `${member.score.toFixed(3)} with the keeper`;
+  if (member.keeper) {
+    const badge = document.createElement("span");
+    badge.className = "keep";
+    badge.textContent = "keep";
+    score.append(badge);
+  }
+  const size = document.createElement("div");
+  size.className = "muted";
+  size.textContent = [member.width && member.height ? `${member.width}×${member.height}` : "",
+    member.bytes ? `${Math.round(member.bytes / 1024)} KB` : ""].filter(Boolean).join(" · ");
+  item.append(score, size);
+  return item;
+}
+
+function groupItem(group, page) {
+  const item = document.createElement("li");
+  item.className = "group";
+  item.dataset.keeper = group.keeper;
+  const others = group.members.filter((member) => !member.keeper);
+  const head = document.createElement("div");
+  head.className = "row";
+  const title = document.createElement("strong");
+  title.textContent = `${group.members.length} images`;
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "remove";
+  remove.textContent = `Remove the ${others.length} other${others.length === 1 ? "" : "s"}`;
+  remove.setAttribute("aria-label", `Remove the copies of ${group.keeper}, keeping it`);
+  remove.addEventListener("click", () => removeOthers(others.map((member) => member.id), group.keeper, page));
+  head.append(title, remove);
+  const members = document.createElement("ol");
+  members.className = "grid";
+  members.replaceChildren(...group.members.map(memberCard));
+  item.append(head, members);
+  return item;
+}
+
+function duplicatesQuery(page) {
+  const params = new URLSearchParams({ keep: $("keep-input").value, offset: String(page * GROUPS_PER_PAGE),
+    limit: String(GROUPS_PER_PAGE) });
+  const threshold = $("threshold-input").value.trim();
+  if (threshold) params.set("threshold", threshold);
+  return "/duplicates?" + params.toString();
+}
+
+async function showDuplicates(page) {
+  showOnly("duplicates");
+  $("duplicates-error").hidden = true;
+  $("duplicates-info").textContent = "Looking for copies…";
+  $("duplicate-groups").setAttribute("aria-busy", "true");
+  try {
+    const body = await api(duplicatesQuery(page));
+    const summary = body.summary;
+    $("duplicate-groups").replaceChildren(...body.groups.map((group) => groupItem(group, page)));
+    const last = Math.max(0, Math.ceil(body.total / GROUPS_PER_PAGE) - 1);
+    $("duplicates-info").textContent = body.total === 0 ? `No copies found (threshold ${summary.threshold}).` :
+      `${summary.groups} groups, ${summary.images_in_groups} images; removing all but the keepers frees ` +
+      `${summary.removable_images} images. Threshold ${summary.threshold} (${summary.threshold_source}). ` +
+      `Page ${page + 1} of ${last + 1}.`;
+    $("prev-groups").hidden = page === 0;
+    $("prev-groups").href = `#/duplicates/${page - 1}`;
+    $("next-groups").hidden = page >= last;
+    $("next-groups").href = `#/duplicates/${page + 1}`;
+  } catch (error) {
+    $("duplicate-groups").replaceChildren();
+    $("duplicates-info").textContent = "";
+    $("duplicates-error").textContent = error.message;
+    $("duplicates-error").hidden = false;
+  } finally {
+    $("duplicate-groups").setAttribute("aria-busy", "false");
+  }
+}
+
+// Nothing is removed without this explicit, confirmed action.
+async function removeOthers(ids, keeper, page) {
+  if (!window.confirm(`Remove ${ids.length} image(s) from the index, keeping ${keeper}?`)) return;
+  try {
+    for (const id of ids) await withKey(() => api(imagePath(id), { method: "DELETE" }));
+    await showDuplicates(page);
+    $("duplicates-info").textContent = `Removed ${ids.length} image(s). ` + $("duplicates-info").textContent;
+    loadInfo();
+  } catch (error) {
+    $("duplicates-error").textContent = error.message;
+    $("duplicates-error").hidden = false;
+  }
+}
+
 function route() {
   const hash = location.hash || "#/";
+  if (hash.startsWith("#/duplicates")) return showDuplicates(Number(hash.split("/")[2] || 0) || 0);
   if (hash.startsWith("#/browse")) return showBrowse(Number(hash.split("/")[2] || 0) || 0);
   if (hash.startsWith("#/image/")) return showDetail(decodeURIComponent(hash.slice("#/image/".length)));
   showOnly("search");
@@ -239,6 +352,10 @@ function wire() {
     }
     const text = event.clipboardData.getData("text").trim();
     if (/^https?:\/\//.test(text)) { $("url-input").value = text; searchByUrl(text); }
+  });
+  $("duplicates-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (location.hash === "#/duplicates") showDuplicates(0); else location.hash = "#/duplicates";
   });
   window.addEventListener("hashchange", route);
 }
