@@ -165,3 +165,75 @@ def test_the_page_sends_security_headers(page, base_url: str) -> None:  # type: 
     headers = response.headers
     assert "script-src 'self'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+
+
+@pytest.fixture(scope="module")
+def keyed_base_url(
+    tmp_path_factory: pytest.TempPathFactory, photos: Path, model_cache: Path
+) -> Iterator[str]:
+    """A server with an API key (writes need it) over the photos and copies of two of them."""
+    from tests.test_real_model import edited_copy
+
+    folder = tmp_path_factory.mktemp("page-copies")
+    for photo in photos.iterdir():
+        shutil.copy(photo, folder / photo.name)
+    for name in ("rocket.jpg", "coffee.png"):
+        stem = Path(name).stem
+        (folder / f"{stem}-crop.jpg").write_bytes(edited_copy(photos / name, "crop"))
+        (folder / f"{stem}-small.jpg").write_bytes(edited_copy(photos / name, "recompress"))
+    home = tmp_path_factory.mktemp("page-keyed-home")
+    with live_server(home, folder, model_cache, IMAGEFINDER_API__API_KEYS="page-test-key") as base:
+        yield base
+
+
+def test_the_duplicates_view_removes_the_copies_of_a_group_after_a_confirmation(  # type: ignore[no-untyped-def]
+    browser, keyed_base_url: str
+) -> None:
+    import httpx
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = open_page(context, keyed_base_url)
+    page.click("#nav-duplicates")
+    page.wait_for_selector("#duplicate-groups li.group")
+    group = page.locator('#duplicate-groups li.group[data-keeper="rocket.jpg"]')
+    members = group.locator("li.card").evaluate_all("els => els.map(e => e.dataset.id)")
+    assert members[0] == "rocket.jpg" and set(members) == {
+        "rocket.jpg",
+        "rocket-crop.jpg",
+        "rocket-small.jpg",
+    }
+    assert group.locator("li.card.keeper .keep").count() == 1
+    assert "groups" in page.inner_text("#duplicates-info")
+    page.screenshot(path=str(ARTIFACTS / "page-duplicates.png"), full_page=True)
+
+    # Dismissing the confirmation removes nothing.
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    group.locator("button.remove").click()
+    page.wait_for_timeout(300)
+    assert httpx.get(keyed_base_url + "/images/rocket-crop.jpg").status_code == 200
+
+    # Confirmed: the server asks for its key (401), the page asks the user, then removes.
+    answers = iter(["confirm", "page-test-key"])
+
+    def answer(dialog) -> None:  # type: ignore[no-untyped-def]
+        kind = next(answers)
+        assert (dialog.type == "prompt") == (kind == "page-test-key")
+        dialog.accept(kind) if dialog.type == "prompt" else dialog.accept()
+
+    page.on("dialog", answer)
+    group.locator("button.remove").click()
+    page.wait_for_function(
+        "() => document.querySelector('#duplicates-info').textContent.startsWith('Removed 2')"
+    )
+    assert page.locator('#duplicate-groups li.group[data-keeper="rocket.jpg"]').count() == 0
+    for removed in ("rocket-crop.jpg", "rocket-small.jpg"):
+        assert httpx.get(f"{keyed_base_url}/images/{removed}").status_code == 404
+    # Gone from search too: the copy's own bytes find the kept original, not the removed copies.
+    found = httpx.post(
+        keyed_base_url + "/search",
+        params={"k": 5},
+        files={"file": ("q.jpg", httpx.get(keyed_base_url + "/images/rocket.jpg/file").content)},
+    ).json()["results"]
+    ids = [r["id"] for r in found]
+    assert ids[0] == "rocket.jpg" and "rocket-crop.jpg" not in ids and "rocket-small.jpg" not in ids
+    context.close()
