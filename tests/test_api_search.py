@@ -229,6 +229,7 @@ def test_every_route_answers_errors_in_one_shape(client: TestClient) -> None:
         ("GET", "/images/{image_id}/file"): {"url": "/images/none/file"},
         ("GET", "/images/{image_id}/thumbnail"): {"url": "/images/none/thumbnail"},
         ("GET", "/images"): {"params": {"limit": 0}},
+        ("GET", "/duplicates"): {"params": {"threshold": 2}},
         ("DELETE", "/images/{image_id}"): {"url": "/images/none"},
         ("GET", "/health"): {"method": "PUT"},
         ("GET", "/ready"): {"method": "DELETE"},
