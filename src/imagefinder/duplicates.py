@@ -36,7 +36,7 @@ from imagefinder.stores.filters import conditions, filterable_fields
 # its centre's side only if its members are among the centre's k nearest.
 NEIGHBOURS = 16
 VIEWS_UP_TO = 20_000
-BATCH = 512
+BATCH = 2048
 KeepRule = Literal["resolution", "size", "earliest"]
 KEEP_RULES: tuple[KeepRule, ...] = ("resolution", "size", "earliest")
 Views = Literal["single", "adaptive", "auto"]
@@ -163,13 +163,16 @@ class DuplicateFinder:
         seen_fields: set[str] = set()
         wanted = conditions(queries) if queries else ()
         scanned = 0
+        named = {**queries, **(candidates or {})}
         for rows in self._store.items():
             chosen = []
             for image_id, vector, payload in rows:
-                fields = dict(filterable_fields(payload))
-                seen_fields.update(fields)
-                if all(fields.get(name) == value for name, value in wanted):
-                    chosen.append((image_id, vector, payload))
+                if named:  # reading every payload's fields costs seconds at a million images
+                    fields = dict(filterable_fields(payload))
+                    seen_fields.update(fields)
+                    if not all(fields.get(name) == value for name, value in wanted):
+                        continue
+                chosen.append((image_id, vector, payload))
             for start in range(0, len(chosen), self._batch):
                 part = chosen[start : start + self._batch]
                 found = self._store.similar(
@@ -183,7 +186,7 @@ class DuplicateFinder:
             scanned += len(chosen)
             if progress:
                 progress(scanned, total)
-        unknown = [name for name in {**queries, **(candidates or {})} if name not in seen_fields]
+        unknown = [name for name in named if name not in seen_fields]
         if unknown:
             raise InvalidFilterError(f"no image of this collection has the field {', '.join(unknown)}")
 
