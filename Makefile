@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,21 @@ bench-quality: install
 # near-duplicate collection, supervised (SupCon and proxy softmax) on same_class (~35 min).
 bench-finetune: install
 	$(BIN)/python bench/finetune.py --out bench/results/finetune.json
+
+# The duplicates scan on the dev benchmark next to imagededup (PHash, DHash) and fastdup, the copy
+# flag's calibration on small, copy-free and copy-rich collections, and a scan of 1M vectors
+# (~20 min). The peers live in their own environment: fastdup's licence forbids commercial use,
+# so it is a reference here, never a dependency.
+PEERS := bench/.venv-peers
+$(PEERS)/.installed:
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check --no-deps imagededup==0.3.3.post2
+	$(PEERS)/bin/pip install --quiet --disable-pip-version-check fastdup==2.54 numpy==1.26.4 \
+	  scipy==1.17.1 PyWavelets==1.9.0 pillow==10.3.0 tqdm==4.66.3 scikit-learn==1.5.0 matplotlib==3.11.2
+	touch $@
+
+bench-duplicates: install $(PEERS)/.installed
+	$(BIN)/python bench/duplicates.py --peers-python $(PEERS)/bin/python --out bench/results/duplicates.json
 
 # Extra query views on the dev benchmark: 39 views embedded once, 30 configurations scored (~7 min).
 bench-views: install
