@@ -232,6 +232,7 @@ def info(ctx: click.Context, as_json: bool) -> None:
             "search": store.index_stats(),
             "mlflow": recorded_provenance(store),
             "copy_threshold": store.search_space.copy_threshold,
+            "duplicate_threshold": store.search_space.in_collection_threshold,
             "search_space": store.search_space.describe(),
             "encoder": None
             if encoder is None
@@ -259,7 +260,11 @@ def info(ctx: click.Context, as_json: bool) -> None:
     else:
         method = f"Milvus {stats['index']} at {stats['server']}/{stats['collection']}, {stats['consistency']}"
     click.echo(f"search:  {method}, {stats['dim']}-d")
-    click.echo(f"copy threshold: {details['copy_threshold']} (scores at or above it are marked as copies)")
+    click.echo(f"copy threshold: {details['copy_threshold']} (a query scoring at or above it is a copy)")
+    click.echo(
+        f"duplicate threshold: {details['duplicate_threshold']} (two indexed images scoring at or above "
+        "it are copies: `imagefinder duplicates`)"
+    )
     if encoder is None:
         click.echo("encoder: none yet (empty index)")
     else:
