@@ -198,11 +198,14 @@ def calibration(benchmarks: Path, work: Path) -> dict[str, Any]:
                 0.95,
             )
         )
+        # An indexed copy stands for its original: finding it first is finding the photo.
+        original = {path.name: truth.get(path.name, path.name) for path in members}
         rows = []
         for path in queries + outside:
             hits = service.search_bytes(path.read_bytes(), k=1, source=path.name)
             expected = truth.get(path.name) if path in queries else None
-            rows.append((expected, hits[0].id if hits else None, hits[0].score if hits else -1.0))
+            found = original.get(hits[0].id) if hits else None
+            rows.append((expected, found, hits[0].score if hits else -1.0))
         out[name] = {
             "images": len(members),
             "copy_queries": len(queries),
@@ -218,8 +221,9 @@ def calibration(benchmarks: Path, work: Path) -> dict[str, Any]:
 
 
 def flag_quality(rows: list[tuple[str | None, str | None, float]], threshold: float) -> dict[str, Any]:
-    """Of the top results flagged, the share that are the query's original; of the copies, the
-    share whose original is the flagged top result; of the outside photos, the share flagged."""
+    """Of the top results flagged, the share that are the query's original (or an indexed copy of
+    it); of the copies, the share whose original is the flagged top result; of the outside photos,
+    the share flagged."""
     flagged = [(expected, found) for expected, found, score in rows if score >= threshold]
     correct = sum(1 for expected, found in flagged if expected is not None and found == expected)
     copies = sum(1 for expected, _, _ in rows if expected is not None)

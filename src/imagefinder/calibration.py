@@ -21,8 +21,8 @@ learned from a few hundred images fits them closely, and an image it was not lea
 higher against them than they score against each other: a photo of the same kind of subject that
 is no copy at all can reach 0.8. So the space is learned again without a fifth of the images, five
 times over, and the held-out images' best scores against the rest give the quantile instead (up to
-`HELD_OUT_UP_TO` images; not in a collection full of copies, where held-out images find their
-copies). The copy threshold is the higher of the two.
+`HELD_OUT_UP_TO` images; in a collection full of copies, only the images without a copy are
+counted: the others find their copies). The copy threshold is the higher of the two.
 
 Raw encoder spaces (whitening off, or too few images to learn it) have no common scale: there the
 nearest-neighbour quantile is used for both, at most DEFAULT_THRESHOLD (measured on the dev
@@ -73,25 +73,47 @@ def calibrate(
     through `project`; `fit` (None: a raw space) learns a space like it from other vectors."""
     searched = project(raw)
     duplicate = copy_threshold(searched, whitened=fit is not None, seed=seed)
-    if fit is None or len(raw) < MIN_IMAGES or full_of_copies(searched, seed):
+    if fit is None or len(raw) < MIN_IMAGES:
         return Thresholds(duplicate, duplicate)
-    outside = held_out_threshold(raw, fit, seed)
+    # In a collection full of copies, only images without one say how a new image scores.
+    without_copy = None
+    if full_of_copies(searched, seed):
+        without_copy = _nearest_of_each(searched) < duplicate
+        if without_copy.sum() < MIN_IMAGES:
+            return Thresholds(duplicate, duplicate)
+    outside = held_out_threshold(raw, fit, seed, without_copy)
     return Thresholds(float(np.clip(max(duplicate, outside), LOWEST, HIGHEST)), duplicate)
 
 
-def held_out_threshold(raw: NDArray[np.float32], fit: Fit, seed: int = 0) -> float:
+def held_out_threshold(
+    raw: NDArray[np.float32], fit: Fit, seed: int = 0, counted: NDArray[np.bool_] | None = None
+) -> float:
     """The 0.95-quantile of how well an image the space was *not* learned from matches the
     collection: folds of the images are held out, the space is learned from the others, and each
-    held-out image's best score against them is recorded."""
+    held-out image's best score against them is recorded (only the `counted` images' scores,
+    when given)."""
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(raw))[:HELD_OUT_UP_TO]
     best = []
     for fold in range(HELD_OUT_FOLDS):
         held = rows[fold::HELD_OUT_FOLDS]
         rest = np.setdiff1d(rows, held)
-        project = fit(raw[rest])
-        best.append((project(raw[held]) @ project(raw[rest]).T).max(axis=1))
+        if counted is not None:
+            held = held[counted[held]]
+        if len(held):
+            project = fit(raw[rest])
+            best.append((project(raw[held]) @ project(raw[rest]).T).max(axis=1))
     return float(np.quantile(np.concatenate(best), QUANTILE))
+
+
+def _nearest_of_each(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Every image's score with its nearest other image (up to HELD_OUT_UP_TO images: exact)."""
+    nearest = np.empty(len(vectors), dtype=np.float32)
+    for start in range(0, len(vectors), 1024):
+        scores = vectors[start : start + 1024] @ vectors.T
+        scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -1.0
+        nearest[start : start + 1024] = scores.max(axis=1)
+    return nearest
 
 
 def copy_threshold(
