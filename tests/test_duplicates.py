@@ -115,6 +115,26 @@ def test_a_chain_of_borderline_pairs_does_not_become_one_group(tmp_path: Path) -
     store.close()
 
 
+def test_the_keeper_is_a_copy_of_every_other_member(tmp_path: Path) -> None:
+    """b is a copy of a and of c, which have little in common; a has the most pixels. Keeping a
+    and removing "the others" would remove c, no copy of a: the keeper is b."""
+    rng = np.random.default_rng(4)
+    a, noise = rng.normal(size=(2, 512))
+    a /= np.linalg.norm(a)
+    other = noise - (noise @ a) * a  # a direction at right angles to a
+    c = 0.62 * a + np.sqrt(1 - 0.62**2) * other / np.linalg.norm(other)
+    b = (a + c) / np.linalg.norm(a + c)  # 0.9 with each
+    store = EmbeddedStore(tmp_path)
+    store.bind_encoder(EncoderInfo("t", "1", 512, ""))
+    sizes = {"a": 4000, "b": 1000, "c": 2000}
+    vectors = np.stack([a, b, c]).astype(np.float32)
+    store.upsert(["a", "b", "c"], vectors, [{"width": w, "height": w} for w in sizes.values()])
+    (group,) = DuplicateFinder(store).find(threshold=0.85, views="single").groups
+    assert {m.id for m in group.members} == {"a", "b", "c"} and group.keeper == "b"
+    assert all(m.score >= 0.85 for m in group.members)
+    store.close()
+
+
 def test_across_against_finds_the_copies_of_one_part_in_the_other(
     tmp_path: Path, real_encoder: OnnxEncoder, photos: Path
 ) -> None:

@@ -40,6 +40,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+# The fewest images a whitened space is learned from (fewer stay raw).
+from imagefinder.whitening import MIN_IMAGES as MIN_FIT
+
 QUANTILE = 0.95
 FLOOR_MADS, CEILING_MADS = 10.0, 11.0
 LOWEST, HIGHEST = 0.3, 0.95
@@ -73,27 +76,31 @@ def calibrate(
     through `project`; `fit` (None: a raw space) learns a space like it from other vectors."""
     searched = project(raw)
     duplicate = copy_threshold(searched, whitened=fit is not None, seed=seed)
-    if fit is None or len(raw) < MIN_IMAGES:
+    # Each fold learns the space from four fifths of the images: too few to learn it, and the
+    # held-out scores would be raw cosines, on another scale.
+    if fit is None or len(raw) * (HELD_OUT_FOLDS - 1) < HELD_OUT_FOLDS * MIN_FIT:
         return Thresholds(duplicate, duplicate)
     # In a collection full of copies, only images without one say how a new image scores.
     without_copy = None
     if full_of_copies(searched, seed):
         without_copy = _nearest_of_each(searched) < duplicate
-        if without_copy.sum() < MIN_IMAGES:
-            return Thresholds(duplicate, duplicate)
     outside = held_out_threshold(raw, fit, seed, without_copy)
+    if outside is None:
+        return Thresholds(duplicate, duplicate)
     return Thresholds(float(np.clip(max(duplicate, outside), LOWEST, HIGHEST)), duplicate)
 
 
 def held_out_threshold(
     raw: NDArray[np.float32], fit: Fit, seed: int = 0, counted: NDArray[np.bool_] | None = None
-) -> float:
+) -> float | None:
     """The 0.95-quantile of how well an image the space was *not* learned from matches the
     collection: folds of the images are held out, the space is learned from the others, and each
     held-out image's best score against them is recorded (only the `counted` images' scores,
     when given)."""
     rng = np.random.default_rng(seed)
     rows = rng.permutation(len(raw))[:HELD_OUT_UP_TO]
+    if counted is not None and int(counted[rows].sum()) < MIN_IMAGES:
+        return None  # too few images without a copy to say anything
     best = []
     for fold in range(HELD_OUT_FOLDS):
         held = rows[fold::HELD_OUT_FOLDS]
@@ -107,7 +114,8 @@ def held_out_threshold(
 
 
 def _nearest_of_each(vectors: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Every image's score with its nearest other image (up to HELD_OUT_UP_TO images: exact)."""
+    """Every image's score with its nearest other image, exactly (a sample of at most the
+    maintenance's FIT_SAMPLE vectors: seconds)."""
     nearest = np.empty(len(vectors), dtype=np.float32)
     for start in range(0, len(vectors), 1024):
         scores = vectors[start : start + 1024] @ vectors.T

@@ -48,7 +48,7 @@ LookAgain = Callable[[str, Payload, int, Filter | None], list[tuple[str, float]]
 @dataclass(frozen=True)
 class Member:
     id: str
-    score: float  # with the group's keeper (1.0 for the keeper itself)
+    score: float  # with the group's keeper (1.0 for the keeper itself), at or above the threshold
     width: int | None
     height: int | None
     bytes: int | None
@@ -64,7 +64,7 @@ class Group:
     centre: str
     keeper: str
     members: list[Member]  # keeper first, then by score with the centre
-    pairs: list[tuple[str, str, float]]  # every pair of members at or above the threshold
+    pairs: list[tuple[str, str, float]]  # the pairs of members the scan found at or above the threshold
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,7 +138,7 @@ class DuplicateFinder:
     ) -> DuplicateReport:
         """Groups of copies among the images matching `where`; with `across` and `against`, the
         copies of the `across` images among the `against` images instead. `threshold` None: the
-        collection's calibrated copy threshold."""
+        collection's calibrated duplicate threshold."""
         started = time.perf_counter()
         if threshold is not None and not -1.0 <= threshold <= 1.0:
             raise InvalidScanError(f"a threshold is a cosine score in [-1, 1], not {threshold}")
@@ -186,7 +186,7 @@ class DuplicateFinder:
             scanned += len(chosen)
             if progress:
                 progress(scanned, total)
-        unknown = [name for name in named if name not in seen_fields]
+        unknown = [name for name in named if name not in seen_fields] if total else []
         if unknown:
             raise InvalidFilterError(f"no image of this collection has the field {', '.join(unknown)}")
 
@@ -204,7 +204,7 @@ class DuplicateFinder:
                 _add_pairs(pairs, image_id, others, across is not None)
                 looked_again += 1
 
-        groups = [self._group(centre, members, pairs, keep) for centre, members in stars(pairs)]
+        groups = [self._group(centre, members, pairs, keep, threshold) for centre, members in stars(pairs)]
         groups.sort(key=lambda g: (-len(g.members), g.keeper))
         return DuplicateReport(
             threshold,
@@ -226,12 +226,17 @@ class DuplicateFinder:
         members: list[tuple[str, float]],
         pairs: Mapping[tuple[str, str], float],
         keep: KeepRule,
+        threshold: float,
     ) -> Group:
         payloads = {image_id: self._store.get(image_id) or {} for image_id, _ in members}
-        keeper = min((_member(i, 0.0, p) for i, p in payloads.items()), key=_keep_order(keep)).id
-        # Scores with the keeper, the image a reviewer compares the others with.
-        with_keeper = self._scores_with(keeper, list(payloads))
-        described = [_member(i, with_keeper.get(i, score), payloads[i]) for i, score in members]
+        ids = list(payloads)
+        scores = self._scores(ids, pairs)
+        # The keeper is chosen by the rule among the members every other member is a copy of (the
+        # centre always is): removing "the others" then never removes an image that is no copy
+        # of the one kept (a member may be a copy of the centre and not of another member).
+        covering = [i for i in ids if all(scores[i][j] >= threshold for j in ids if j != i)] or [centre]
+        keeper = min((_member(i, 0.0, payloads[i]) for i in covering), key=_keep_order(keep)).id
+        described = [_member(i, 1.0 if i == keeper else scores[keeper][i], payloads[i]) for i in ids]
         described.sort(key=lambda m: (m.id != keeper, -m.score, m.id))
         joined = sorted(
             ((a, b, score) for (a, b), score in pairs.items() if a in payloads and b in payloads),
@@ -239,15 +244,22 @@ class DuplicateFinder:
         )
         return Group(centre, keeper, described, joined)
 
-    def _scores_with(self, keeper: str, ids: list[str]) -> dict[str, float]:
+    def _scores(self, ids: list[str], pairs: Mapping[tuple[str, str], float]) -> dict[str, dict[str, float]]:
+        """Every member's score with every other: the stored vectors' cosine in the search space,
+        or the pair's score when the scan found it higher (a second look's extra views)."""
         space = self._store.search_space
         vectors = {i: self._store.get_vector(i) for i in ids}
         present = [i for i in ids if vectors[i] is not None]
-        if keeper not in present:
-            return {}
-        projected = space.project(np.stack([vectors[i] for i in present]))
-        scores = projected @ projected[present.index(keeper)]
-        return {i: float(score) for i, score in zip(present, scores, strict=True)}
+        matrix = np.full((len(ids), len(ids)), -1.0, dtype=np.float32)
+        if present:
+            projected = space.project(np.stack([vectors[i] for i in present]))
+            rows = [ids.index(i) for i in present]
+            matrix[np.ix_(rows, rows)] = projected @ projected.T
+        scores = {a: {b: float(matrix[x, y]) for y, b in enumerate(ids)} for x, a in enumerate(ids)}
+        for (a, b), score in pairs.items():
+            if a in scores and b in scores:
+                scores[a][b] = scores[b][a] = max(scores[a][b], score)
+        return scores
 
 
 def _add_pairs(

@@ -75,6 +75,7 @@ class DuplicatesRun:
                         "removable_bytes",
                         "scanned",
                         "looked_again",
+                        "unreadable",
                         "seconds",
                     )
                 }
@@ -129,5 +130,6 @@ def _write(path: Path, text: str) -> None:
     """Whole or not at all: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
+    with open(partial, "w", encoding="utf-8", newline="") as handle:  # the CSV writer's own line ends
+        handle.write(text)
     partial.replace(path)

@@ -1,14 +1,16 @@
 """GET /duplicates: the groups of copies in the collection, a page at a time.
 
 A scan reads every stored vector, so its result is kept for the next pages and the next visit
-while the collection and its search space stay the same (the image count and the space's
-version are part of the key; an add or a delete through the API forgets every kept scan).
+while the collection and its search space stay the same (see `ScanCache`; an add or a delete
+through the API forgets every kept scan).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -25,8 +27,9 @@ from imagefinder.training.data import ImageReader
 
 router = APIRouter(tags=["duplicates"], dependencies=[ReadAccess])
 
-# Scans kept per app: a few sets of parameters, each valid while its key holds.
+# Scans kept per app: a few sets of parameters, each valid while its key holds, at most KEEP_S.
 KEPT_SCANS = 4
+KEEP_S = 300.0
 Condition = Annotated[str, Query(pattern=r"^[\w .-]{1,64}=")]
 
 
@@ -68,29 +71,39 @@ class DuplicatePage(BaseModel):
 
 
 class ScanCache:
-    """The last few scans, by their parameters and the state of the collection they saw."""
+    """The last few scans, by their parameters and the state of the collection they saw. One scan
+    runs at a time (a scan reads every stored vector; the same request twice waits for the first);
+    a scan that was running when the collection changed through this API is not kept; a kept scan
+    is dropped after KEEP_S, so changes made by another process (the CLI) show within that time."""
 
-    def __init__(self, size: int = KEPT_SCANS) -> None:
+    def __init__(self, size: int = KEPT_SCANS, keep_s: float = KEEP_S) -> None:
         self._size = size
-        self._scans: OrderedDict[tuple[Any, ...], DuplicateReport] = OrderedDict()
+        self._keep_s = keep_s
+        self._scans: OrderedDict[tuple[Any, ...], tuple[float, DuplicateReport]] = OrderedDict()
         self._lock = threading.Lock()
+        self._scanning = threading.Lock()
+        self._generation = 0
 
-    def get(self, key: tuple[Any, ...]) -> DuplicateReport | None:
-        with self._lock:
-            found = self._scans.get(key)
-            if found is not None:
-                self._scans.move_to_end(key)
-            return found
-
-    def put(self, key: tuple[Any, ...], report: DuplicateReport) -> None:
-        with self._lock:
-            self._scans[key] = report
-            while len(self._scans) > self._size:
-                self._scans.popitem(last=False)
+    def get_or_scan(self, key: tuple[Any, ...], scan: Callable[[], DuplicateReport]) -> DuplicateReport:
+        with self._scanning:
+            with self._lock:
+                kept = self._scans.get(key)
+                if kept is not None and time.monotonic() - kept[0] < self._keep_s:
+                    self._scans.move_to_end(key)
+                    return kept[1]
+                generation = self._generation
+            report = scan()
+            with self._lock:
+                if generation == self._generation:
+                    self._scans[key] = (time.monotonic(), report)
+                    while len(self._scans) > self._size:
+                        self._scans.popitem(last=False)
+            return report
 
     def clear(self) -> None:
         with self._lock:
             self._scans.clear()
+            self._generation += 1
 
 
 @router.get(
@@ -110,8 +123,12 @@ async def duplicates(
         KeepRule, Query(description="The keeper: largest resolution, largest file or earliest.")
     ] = ("resolution"),
     views: Annotated[
-        Literal["auto", "single", "adaptive"],
-        Query(description="adaptive: images without a copy are searched again with 7 more views."),
+        Literal["auto", "single"],
+        Query(
+            description="auto: images without a copy are read again and searched with 7 more views, "
+            "up to 20,000 images (`imagefinder duplicates --views adaptive` beyond); single: stored "
+            "vectors only."
+        ),
     ] = "auto",
     where: Annotated[list[Condition] | None, Query(description="Only images with field=value.")] = None,
     across: Annotated[list[Condition] | None, Query(description="With against: copies of these ...")] = None,
@@ -124,11 +141,11 @@ async def duplicates(
     count = await run_in_threadpool(service.count)
     key = (id(service), count, space.version, threshold, keep, views, *(_frozen(f) for f in filters))
     cache: ScanCache = request.app.state.duplicate_scans
-    report = cache.get(key)
-    if report is None:
-        finder = _finder(service)
-        report = await run_in_threadpool(finder.find, threshold, *filters, keep, views)
-        cache.put(key, report)
+    finder = _finder(service)
+    where_, across_, against_ = filters
+    report = await run_in_threadpool(
+        cache.get_or_scan, key, lambda: finder.find(threshold, where_, across_, against_, keep, views)
+    )
     groups = report.groups[offset : offset + limit]
     return DuplicatePage(
         total=len(report.groups),

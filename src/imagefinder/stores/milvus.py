@@ -187,8 +187,8 @@ class MilvusStore:
     def similar(
         self, vectors: NDArray[np.float32], k: int, min_score: float, where: Filter | None = None
     ) -> list[list[Hit]]:
-        """One search per row: Milvus scales a scan out by its own query nodes, not by batching
-        here (a batched request would need the re-scoring below done per row anyway)."""
+        """One search per row, one after another: correct, but a scan of a large Milvus collection
+        is slow (batching the rows into one request is not done)."""
         return [
             [hit for hit in self.search(row, k, where=where) if hit.score >= min_score]
             for row in np.atleast_2d(np.asarray(vectors, dtype=np.float32))

@@ -28,7 +28,7 @@ async function withKey(call) {
     return await call();
   } catch (error) {
     if (error.status !== 401) throw error;
-    const key = window.prompt("This server needs an API key to remove images:");
+    const key = window.prompt("This server needs an API key:");
     if (!key) throw error;
     sessionStorage.setItem(KEY_ITEM, key);
     return call();
@@ -259,7 +259,7 @@ async function showDuplicates(page) {
   $("duplicates-info").textContent = "Looking for copies…";
   $("duplicate-groups").setAttribute("aria-busy", "true");
   try {
-    const body = await api(duplicatesQuery(page));
+    const body = await withKey(() => api(duplicatesQuery(page)));
     const summary = body.summary;
     $("duplicate-groups").replaceChildren(...body.groups.map((group) => groupItem(group, page)));
     const last = Math.max(0, Math.ceil(body.total / GROUPS_PER_PAGE) - 1);
