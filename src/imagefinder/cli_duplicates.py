@@ -33,8 +33,9 @@ _FILTER_HELP = "FIELD=VALUE (repeat: all must match)"
     "--against",
     multiple=True,
     metavar="FIELD=VALUE",
-    help="... found among the images matching these, e.g. --across split=test --against split=train "
-    "(test images that leak into a training set) or collection=<folder> for a source folder.",
+    help="... found among the images matching these, e.g. --across meta.split=test "
+    "--against meta.split=train (test images that leak into a training set; a CSV's columns are "
+    "under meta.) or collection=<folder> for a source folder.",
 )
 @click.option(
     "--keep",
