@@ -95,11 +95,7 @@ class ExactIndex:
     def search(
         self, queries: NDArray[np.float32], penalties: NDArray[np.float32], k: int, allowed: Keys | None
     ) -> Candidates:
-        n = len(self._rows)
-        matrix, keys = self._matrix[:n], self._keys[:n]
-        if allowed is not None:
-            mask = np.isin(keys, allowed)
-            matrix, keys = matrix[mask], keys[mask]
+        matrix, keys = self._searched(allowed)
         if len(keys) == 0 or k < 1:
             return []
         scores = (matrix @ queries.T - penalties).max(axis=1)
@@ -112,11 +108,7 @@ class ExactIndex:
         return list(zip(keys[top].tolist(), scores[top].tolist(), strict=True))
 
     def search_each(self, queries: NDArray[np.float32], k: int, allowed: Keys | None) -> list[Candidates]:
-        n = len(self._rows)
-        matrix, keys = self._matrix[:n], self._keys[:n]
-        if allowed is not None:
-            mask = np.isin(keys, allowed)
-            matrix, keys = matrix[mask], keys[mask]
+        matrix, keys = self._searched(allowed)
         if len(keys) == 0 or k < 1:
             return [[] for _ in range(len(queries))]
         scores = queries @ matrix.T  # (queries, keys)
@@ -126,6 +118,15 @@ class ExactIndex:
             list(zip(keys[row].tolist(), scores[q, row].tolist(), strict=True)) for q, row in enumerate(top)
         ]
 
+
+    def _searched(self, allowed: Keys | None) -> tuple[NDArray[np.float32], Keys]:
+        """The rows a search scans: all of them, or those whose key is in `allowed`."""
+        n = len(self._rows)
+        matrix, keys = self._matrix[:n], self._keys[:n]
+        if allowed is not None:
+            mask = np.isin(keys, allowed)
+            matrix, keys = matrix[mask], keys[mask]
+        return matrix, keys
 
 def nlist_for(n: int) -> int:
     """Inverted lists for n vectors: the power of two nearest 4 * sqrt(n), the usual rule of
