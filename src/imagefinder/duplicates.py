@@ -151,7 +151,8 @@ class DuplicateFinder:
         threshold = float(space.in_collection_threshold if threshold is None else threshold)
         queries = {**(where or {}), **(across or {})}
         candidates = {**(where or {}), **(against or {})} or None
-        for name, value in {**queries, **(candidates or {})}.items():
+        named = {**queries, **(candidates or {})}
+        for name, value in named.items():
             conditions({name: value})  # the filter grammar's own errors first
         total = self._store.count()
         looking = views == "adaptive" or (views == "auto" and total <= VIEWS_UP_TO)
@@ -163,7 +164,6 @@ class DuplicateFinder:
         seen_fields: set[str] = set()
         wanted = conditions(queries) if queries else ()
         scanned = 0
-        named = {**queries, **(candidates or {})}
         for rows in self._store.items():
             chosen = []
             for image_id, vector, payload in rows:

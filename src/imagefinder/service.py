@@ -132,11 +132,10 @@ class ImageFinder:
         # empty collection, a filter that matches nothing), where more views cannot help.
         settled = not hits or hits[0].score >= space.in_collection_threshold
         if (views or self._query_views) == "adaptive" and not settled:
-            images, penalties = zip(*extra_views(query.image), strict=True)
-            vectors = np.concatenate([vector[None], embed_images(self.encoder, images)])
+            vectors, penalties = self._with_extra_views(query, vector)
             if on_encoder_batch is not None:
-                on_encoder_batch(len(images))
-            hits = self._hits(vectors, k, where, (0.0, *penalties))
+                on_encoder_batch(len(vectors) - 1)
+            hits = self._hits(vectors, k, where, penalties)
         return _results(hits, k, min_score, None, space.copy_threshold)
 
     def search_vector(
@@ -199,10 +198,17 @@ class ImageFinder:
         """An image searched with its plain view and every extra view at once (a duplicates
         scan's second look at an image that found no copy by its stored vector)."""
         query = self.prepare(data, source)
-        images, penalties = zip(*extra_views(query.image), strict=True)
-        vectors = np.concatenate([self.embed_prepared([query.pixels]), embed_images(self.encoder, images)])
-        hits = self._hits(vectors, k + (1 if exclude_id is not None else 0), where, (0.0, *penalties))
+        vectors, penalties = self._with_extra_views(query, self.embed_prepared([query.pixels])[0])
+        hits = self._hits(vectors, k + (1 if exclude_id is not None else 0), where, penalties)
         return _results(hits, k, None, exclude_id, self.copy_threshold)
+
+    def _with_extra_views(
+        self, query: PreparedQuery, vector: NDArray[np.float32]
+    ) -> tuple[NDArray[np.float32], tuple[float, ...]]:
+        """The plain view's `vector` and the extra views' (one encoder call), with each view's
+        penalty (none for the plain view)."""
+        images, penalties = zip(*extra_views(query.image), strict=True)
+        return np.concatenate([vector[None], embed_images(self.encoder, images)]), (0.0, *penalties)
 
     def search_id(
         self,

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from imagefinder.api.deps import ReadAccess, Service
 from imagefinder.api.errors import documented
 from imagefinder.api.images import image_url
+from imagefinder.api.schemas import WhereCondition
 from imagefinder.duplicates import DuplicateFinder, DuplicateReport, KeepRule
 from imagefinder.service import ImageFinder
 from imagefinder.stores.base import parse_where
@@ -30,7 +31,6 @@ router = APIRouter(tags=["duplicates"], dependencies=[ReadAccess])
 # Scans kept per app: a few sets of parameters, each valid while its key holds, at most KEEP_S.
 KEPT_SCANS = 4
 KEEP_S = 300.0
-Condition = Annotated[str, Query(pattern=r"^[\w .-]{1,64}=")]
 
 
 class DuplicateMember(BaseModel):
@@ -130,9 +130,9 @@ async def duplicates(
             "vectors only."
         ),
     ] = "auto",
-    where: Annotated[list[Condition] | None, Query(description="Only images with field=value.")] = None,
-    across: Annotated[list[Condition] | None, Query(description="With against: copies of these ...")] = None,
-    against: Annotated[list[Condition] | None, Query(description="... among these images.")] = None,
+    where: Annotated[list[WhereCondition] | None, Query(description="Only images with field=value.")] = None,
+    across: Annotated[list[WhereCondition] | None, Query(description="With against: copies of these")] = None,
+    against: Annotated[list[WhereCondition] | None, Query(description="... among these images.")] = None,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> DuplicatePage:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from imagefinder.ids import id_pattern
 from imagefinder.images import ACCEPTED_MEDIA_TYPES
+
+# A where= condition, field=value, the field in the filter grammar (`stores.filters`): the
+# document says what is valid.
+WhereCondition = Annotated[str, StringConstraints(pattern=r"^[\w .-]{1,64}=")]
 
 
 class ModelInfo(BaseModel):

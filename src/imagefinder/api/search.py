@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
-from pydantic import StringConstraints, ValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from imagefinder.api.deps import ReadAccess, Service, Settings, embed_prepared, read_form_file, read_limited
@@ -20,6 +20,7 @@ from imagefinder.api.schemas import (
     Result,
     SearchQuery,
     SearchResponse,
+    WhereCondition,
     image_part,
     multipart_or_json_body,
 )
@@ -56,8 +57,6 @@ _BATCH_ERRORS = documented(
     "store_error",
 )
 
-# field=value, the field in the filter grammar (`stores.filters`): the document says what is valid.
-WhereCondition = Annotated[str, StringConstraints(pattern=r"^[\w .-]{1,64}=")]
 
 _WHERE_HELP = (
     "Only images whose payload field has this value, as field=value (repeat for several fields, "
