@@ -75,14 +75,17 @@ def calibrate(
     """Both thresholds for a collection whose encoder vectors are (a sample of) `raw`, searched
     through `project`; `fit` (None: a raw space) learns a space like it from other vectors."""
     searched = project(raw)
-    duplicate = copy_threshold(searched, whitened=fit is not None, seed=seed)
+    if len(searched) < MIN_IMAGES:
+        return Thresholds(DEFAULT_THRESHOLD, DEFAULT_THRESHOLD)
+    alikes = look_alikes(searched, seed)
+    duplicate = duplicate_threshold(alikes, whitened=fit is not None)
     # Each fold learns the space from four fifths of the images: too few to learn it, and the
     # held-out scores would be raw cosines, on another scale.
     if fit is None or len(raw) * (HELD_OUT_FOLDS - 1) < HELD_OUT_FOLDS * MIN_FIT:
         return Thresholds(duplicate, duplicate)
     # In a collection full of copies, only images without one say how a new image scores.
     without_copy = None
-    if full_of_copies(searched, seed):
+    if alikes.full_of_copies:
         without_copy = _nearest_of_each(searched) < duplicate
     outside = held_out_threshold(raw, fit, seed, without_copy)
     if outside is None:
@@ -134,16 +137,38 @@ def copy_threshold(
     """The in-collection threshold for L2-normalised `vectors` (n, dim) as searched (`whitened`
     or not). Large collections are sampled: `sample` queries against at most `reference` images
     (both with a fixed seed)."""
-    n = len(vectors)
-    if n < MIN_IMAGES:
+    if len(vectors) < MIN_IMAGES:
         return DEFAULT_THRESHOLD
+    return duplicate_threshold(look_alikes(vectors, seed, sample, reference), whitened)
+
+
+@dataclass(frozen=True)
+class LookAlikes:
+    """How alike distinct images of a collection are, in the space searched."""
+
+    nearest: NDArray[np.float32]  # each sampled image's score with its nearest other image
+    floor: float  # the band of random pairs' scores (`unrelated_band`)
+    ceiling: float
+
+    @property
+    def full_of_copies(self) -> bool:
+        """Most nearest neighbours above the floor: they are copies, and so is their quantile
+        (and held-out images would find their copies among the rest)."""
+        return float(np.median(self.nearest)) >= self.floor
+
+
+def look_alikes(
+    vectors: NDArray[np.float32], seed: int = 0, sample: int = 2000, reference: int = 50_000
+) -> LookAlikes:
     rng = np.random.default_rng(seed)
     nearest = nearest_scores(vectors, rng, sample, reference)
-    threshold = float(np.quantile(nearest, QUANTILE))
+    return LookAlikes(nearest, *unrelated_band(vectors, rng))
+
+
+def duplicate_threshold(alikes: LookAlikes, whitened: bool) -> float:
+    threshold = float(np.quantile(alikes.nearest, QUANTILE))
     if whitened:
-        floor, ceiling = unrelated_band(vectors, rng)
-        # Most nearest neighbours above the floor: they are copies, and so is their quantile.
-        threshold = ceiling if float(np.median(nearest)) >= floor else max(threshold, floor)
+        threshold = alikes.ceiling if alikes.full_of_copies else max(threshold, alikes.floor)
     else:
         # No common scale to bound it by: at most the value measured on the dev benchmark, so
         # that a small collection where one image in twenty has a copy is not calibrated to the
@@ -176,17 +201,16 @@ def unrelated_band(
     first = rng.integers(0, n, size=pairs)
     second = rng.integers(0, n - 1, size=pairs)
     second = second + (second >= first)  # never the same image
-    scores = np.einsum("ij,ij->i", vectors[first], vectors[second])
+    # In chunks: gathering every pair's vectors at once would hold 2 x pairs x dim floats.
+    chunk = 20_000
+    scores = np.concatenate(
+        [
+            np.einsum(
+                "ij,ij->i", vectors[first[start : start + chunk]], vectors[second[start : start + chunk]]
+            )
+            for start in range(0, pairs, chunk)
+        ]
+    )
     median = float(np.median(scores))
     spread = _MAD_TO_SIGMA * float(np.median(np.abs(scores - median)))
     return median + FLOOR_MADS * spread, median + CEILING_MADS * spread
-
-
-def full_of_copies(searched: NDArray[np.float32], seed: int = 0) -> bool:
-    """Whether most images have a near copy (their nearest neighbours' median is above the band's
-    floor): then held-out images find their copies among the rest, and their scores say nothing
-    about distinct images."""
-    rng = np.random.default_rng(seed)
-    nearest = nearest_scores(searched, rng)
-    floor, _ = unrelated_band(searched, rng)
-    return float(np.median(nearest)) >= floor
