@@ -266,13 +266,16 @@ def scale_build(path: Path, n: int) -> dict[str, Any]:
 
 
 def scale_scan(path: Path, n: int) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from index import rss_bytes  # the index benchmark's own measure
+
     from imagefinder.duplicates import DuplicateFinder
     from imagefinder.stores.embedded import EmbeddedStore
 
-    before_open = _rss()
+    before_open = rss_bytes()
     store = EmbeddedStore(path)
     store.count()
-    opened = _rss()
+    opened = rss_bytes()
     planted = int(n * PLANTED_SHARE)
     # The scan's own peak, sampled while it runs (the process's lifetime peak, ru_maxrss, is
     # reached while FAISS reads the index file, before the scan).
@@ -281,7 +284,7 @@ def scale_scan(path: Path, n: int) -> dict[str, Any]:
 
     def sample() -> None:
         while not done.wait(0.1):
-            samples.append(_rss())
+            samples.append(rss_bytes())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -315,11 +318,6 @@ def scale_scan(path: Path, n: int) -> dict[str, Any]:
         "groups": len(report.groups),
         "threshold": SCALE_THRESHOLD,
     }
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def scale(n: int, work: Path) -> dict[str, Any]:
