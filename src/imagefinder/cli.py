@@ -69,6 +69,17 @@ def main(ctx: click.Context, home: Path | None, store_location: str | None, mode
 )
 @click.option("--verbose", is_flag=True, help="Print each id once it is committed to the index.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    help="local: this process; ray: read, decode and embed on a Ray cluster (needs the ray extra) "
+    "(default: $IMAGEFINDER_ENGINE, else local).",
+)
+@click.option(
+    "--ray-address",
+    help="The Ray cluster to use (default: $IMAGEFINDER_RAY__ADDRESS or $RAY_ADDRESS; unset: a "
+    "local Ray on this machine, stopped at the end).",
+)
 @click.pass_context
 @_user_errors
 def index(
@@ -79,8 +90,13 @@ def index(
     keep_files: Path | None,
     verbose: bool,
     quiet: bool,
+    engine: str | None,
+    ray_address: str | None,
 ) -> None:
-    """Index a folder (recursively) or a CSV with columns url,id; re-runs are incremental."""
+    """Index a folder (recursively), a CSV with columns url,id, or a Parquet file (or folder of
+    them) with columns url,id; re-runs are incremental."""
+    from contextlib import ExitStack
+
     from tqdm import tqdm
 
     from imagefinder.index_run import IndexOptions, IndexRun
@@ -91,25 +107,27 @@ def index(
     source = open_source(path, settings.images.max_bytes, build_fetcher(settings, allow_private=True))
     if prune is None:
         prune = isinstance(source, FolderSource)
-    service = build_service(settings)
-    tracker = build_tracker(settings)
 
     def committed(ids: Sequence[str]) -> None:
         for image_id in ids:
             click.echo(f"indexed {image_id}")
         sys.stdout.flush()
 
-    try:
+    with ExitStack() as stack:
+        ray = None
+        if (engine or settings.engine) == "ray":
+            ray = stack.enter_context(_ray_cluster(settings, ray_address))
+        service = build_service(settings, ray)
+        stack.callback(service.close)
+        tracker = build_tracker(settings)
         with tqdm(unit="img", disable=quiet, file=sys.stderr, desc="indexing") as bar:
             result = IndexRun(service, tracker, settings.store_dir)(
                 source,
                 IndexOptions(prune, refresh, keep_files),
-                index_run_params(settings, service),
+                index_run_params(settings, service, ray),
                 progress=bar.update,
                 on_commit=committed if verbose else None,
             )
-    finally:
-        service.close()
     report = result.report
     for problem in report.problems:
         click.echo(f"{problem['category']}: {problem['where']}: {problem['reason']}", err=True)
@@ -127,6 +145,16 @@ def index(
     if result.run_id:
         registered = f", encoder {result.model.uri}" if result.model else ""
         click.echo(f"mlflow: run {result.run_id}{registered} ({tracker.uri})")  # type: ignore[attr-defined]
+
+
+def _ray_cluster(settings: Settings, address: str | None) -> Any:
+    import os
+
+    from imagefinder.ray_engine import RayOptions, ray_cluster
+
+    address = address or settings.ray.address or os.environ.get("RAY_ADDRESS") or None
+    ray = settings.ray
+    return ray_cluster(RayOptions(address, ray.cpus, ray.encoders, ray.chunk))
 
 
 @main.command()

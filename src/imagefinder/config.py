@@ -104,6 +104,25 @@ class ApiSettings(BaseModel):
     )
 
 
+class RaySettings(BaseModel):
+    address: str | None = Field(
+        None,
+        description="Ray cluster for `index --engine ray` (ray://head:10001, head:6379 or auto); "
+        "`RAY_ADDRESS` is read too. Unset: a local Ray on this machine's cores, bound to 127.0.0.1, "
+        "stopped when the run ends.",
+    )
+    cpus: int | None = Field(
+        None, ge=1, description="CPUs of the local Ray cluster (default: this machine's cores)."
+    )
+    encoders: int | None = Field(
+        None,
+        ge=1,
+        description="Encoder actors (one model each); default one per GPU of the cluster, else one "
+        "per 4 CPUs, at least one.",
+    )
+    chunk: int = Field(32, ge=1, le=1024, description="Images per Ray task and per encoder-actor call.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEFINDER_", env_nested_delimiter="__", extra="ignore")
 
@@ -147,6 +166,12 @@ class Settings(BaseSettings):
         description="Whitening keeps at most this many directions: the approximate index stores one byte "
         "per direction per image.",
     )
+    engine: Literal["local", "ray"] = Field(
+        "local",
+        description="Where `index` reads, decodes and embeds: local (this process) or ray (a Ray "
+        "cluster; needs the ray extra).",
+    )
+    ray: RaySettings = Field(default_factory=RaySettings)
     images: ImageSettings = Field(default_factory=ImageSettings)
     fetch: FetchSettingsModel = Field(default_factory=FetchSettingsModel)
     store: StoreSettings = Field(default_factory=StoreSettings)

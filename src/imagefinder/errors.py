@@ -86,6 +86,11 @@ class SourceError(ImageFinderError):
     """A collection source (folder, CSV) cannot be read at all, e.g. a CSV without a url column."""
 
 
+class EngineError(ImageFinderError):
+    """The distributed indexing engine (Ray) is not installed, cannot be reached, or its workers
+    cannot build the driver's encoder."""
+
+
 class FetchError(ImageFinderError):
     """One item of a source could not be fetched (missing file, HTTP error, timeout)."""
 

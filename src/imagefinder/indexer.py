@@ -1,5 +1,6 @@
-"""Indexing: source entries -> fetch/read, hash (many threads) -> decode, preprocess (a few
-threads) -> batched encoder calls -> store upserts. Knows nothing of HTTP or the CLI.
+"""Indexing: source entries -> a preparation (read, hash, decode, preprocess: this process's
+threads, or a Ray cluster; see `imagefinder.preparation`) -> batched encoder calls -> a writer's
+store upserts. Knows nothing of HTTP or the CLI.
 
 - Order is kept (results are consumed in submission order), so "first wins" for duplicate content
   is deterministic; in-flight work is bounded, so memory stays flat however large the source is.
@@ -11,12 +12,9 @@ threads) -> batched encoder calls -> store upserts. Knows nothing of HTTP or the
 
 from __future__ import annotations
 
-import os
-import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,16 +24,11 @@ from numpy.typing import NDArray
 
 from imagefinder.blobs import BlobStore
 from imagefinder.encoders.base import Encoder, EncoderInfo
-from imagefinder.errors import (
-    CorruptImageError,
-    FetchError,
-    ImageError,
-    ImageTooLargeError,
-    UnsupportedImageError,
-)
-from imagefinder.images import ImageLimits, content_hash, decode_image
+from imagefinder.images import ImageLimits
+from imagefinder.preparation import Failed, LocalPreparation, Outcome, Preparation, Prepared, Unchanged
 from imagefinder.sources import SkippedRow, SourceEntry, SourceItem
-from imagefinder.stores.base import Payload, VectorStore
+from imagefinder.stores.base import VectorStore
+from imagefinder.writers import StoreWriter, Writer
 
 STAGES = ("read", "decode", "embed", "write")
 
@@ -100,46 +93,10 @@ class IndexReport:
         self.problems.append({"where": where, "category": "duplicate", "reason": reason})
 
 
-@dataclass(frozen=True)
-class _Prepared:
-    item: SourceItem
-    hash: str
-    size: int
-    width: int
-    height: int
-    pixels: NDArray[np.float32]
-    kept: str | None
-    read_s: float
-    decode_s: float
-
-
-@dataclass(frozen=True)
-class _Unchanged:
-    """Same bytes as stored. `known` is the stored payload, refreshed if the item's location or
-    metadata changed (a moved folder, a touched file, an edited CSV column)."""
-
-    item: SourceItem
-    hash: str
-    known: Payload
-
-
-@dataclass(frozen=True)
-class _Failed:
-    item: SourceItem
-    category: str
-    reason: str
-
-
-_Outcome = _Prepared | _Unchanged | _Failed
-
-_CATEGORIES: list[tuple[type[Exception], str]] = [
-    (ImageTooLargeError, "too_large"),
-    (UnsupportedImageError, "not_an_image"),
-    (CorruptImageError, "corrupt"),
-]
-
-
 class Indexer:
+    """The rules of an index run, over a preparation (where items are read, decoded and maybe
+    embedded: this process's threads, or a Ray cluster) and a writer (one, or several in flight)."""
+
     def __init__(
         self,
         encoder: Encoder,
@@ -148,15 +105,23 @@ class Indexer:
         batch_size: int = 32,
         decode_workers: int = 2,
         fetch_workers: int = 8,
+        preparation: Preparation | None = None,
+        writer: Writer | None = None,
     ) -> None:
         store.bind_encoder(encoder.info)
         self._encoder = encoder
         self._store = store
-        self._limits = limits
         self._batch_size = batch_size
-        self._fetch_workers = max(fetch_workers, decode_workers)
-        # Downloads wait on the network, decoding on the CPU: many fetch threads, few decoders.
-        self._decode_slots = threading.BoundedSemaphore(decode_workers)
+        self._preparation = preparation or LocalPreparation(
+            store,
+            limits,
+            encoder.preprocess,
+            encoder.min_short_side,
+            2 * batch_size,
+            decode_workers,
+            fetch_workers,
+        )
+        self._writer = writer or StoreWriter(store)
 
     def index(
         self,
@@ -175,24 +140,42 @@ class Indexer:
         if prune_source is not None:
             entries = list(entries)
             report.pruned = self._prune(prune_source, entries)
-        seen_ids: set[str] = set()
         seen_hashes: dict[str, str] = {}
-        batch: list[_Prepared] = []
-        deferred: list[_Prepared] = []
-        pending: deque[Future[_Outcome]] = deque()
+        batch: list[Prepared] = []
+        deferred: list[Prepared] = []
 
         def tick() -> None:
             if progress:
                 progress(1)
 
-        def consume(outcome: _Outcome) -> None:
+        def admitted() -> Iterator[SourceItem]:
+            """The items to prepare; rows the source could not use are reported here."""
+            seen_ids: set[str] = set()
+            for entry in entries:
+                report.seen += 1
+                if isinstance(entry, SkippedRow):
+                    if entry.incomplete:
+                        report.fail(entry.where, "unreadable", entry.reason)
+                    elif entry.duplicate:
+                        report.duplicate(entry.where, entry.reason)
+                    else:
+                        report.fail(entry.where, "invalid_row", entry.reason)
+                    tick()
+                elif entry.id in seen_ids:
+                    report.duplicate(entry.uri, f"duplicate id {entry.id!r}")
+                    tick()
+                else:
+                    seen_ids.add(entry.id)
+                    yield entry
+
+        def consume(outcome: Outcome) -> None:
             item = outcome.item
-            if isinstance(outcome, _Failed):
+            if isinstance(outcome, Failed):
                 report.fail(item.uri, outcome.category, outcome.reason)
             elif outcome.hash in seen_hashes:
                 report.duplicate(item.uri, f"same content as {seen_hashes[outcome.hash]!r}")
                 self._forget_stale(item.id)
-            elif isinstance(outcome, _Unchanged):
+            elif isinstance(outcome, Unchanged):
                 seen_hashes[outcome.hash] = item.id
                 report.unchanged += 1
                 self._refresh_payload(outcome)
@@ -206,7 +189,7 @@ class Indexer:
                     accept(outcome)
             tick()
 
-        def accept(outcome: _Prepared) -> None:
+        def accept(outcome: Prepared) -> None:
             seen_hashes[outcome.hash] = outcome.item.id
             report.stage_seconds["read"] += outcome.read_s
             report.stage_seconds["decode"] += outcome.decode_s
@@ -214,80 +197,26 @@ class Indexer:
             if len(batch) >= self._batch_size:
                 self._flush(batch, report, on_commit)
 
-        with ThreadPoolExecutor(self._fetch_workers, thread_name_prefix="fetch") as pool:
-            for entry in entries:
-                report.seen += 1
-                if isinstance(entry, SkippedRow):
-                    if entry.incomplete:
-                        report.fail(entry.where, "unreadable", entry.reason)
-                    elif entry.duplicate:
-                        report.duplicate(entry.where, entry.reason)
-                    else:
-                        report.fail(entry.where, "invalid_row", entry.reason)
-                    tick()
-                    continue
-                if entry.id in seen_ids:
-                    report.duplicate(entry.uri, f"duplicate id {entry.id!r}")
-                    tick()
-                    continue
-                seen_ids.add(entry.id)
-                pending.append(pool.submit(self._prepare, entry, refresh, keep_files))
-                while len(pending) >= max(2 * self._batch_size, 2 * self._fetch_workers):
-                    consume(pending.popleft().result())
-            while pending:
-                consume(pending.popleft().result())
-        self._flush(batch, report, on_commit)
-        for outcome in deferred:
-            existing = self._store.find_by_hash(outcome.hash)
-            holder = seen_hashes.get(outcome.hash, existing)
-            if holder is not None and holder != outcome.item.id:
-                report.duplicate(outcome.item.uri, f"same content as {holder!r}, already indexed")
-                self._forget_stale(outcome.item.id)
-            else:
-                accept(outcome)
-        self._flush(batch, report, on_commit)
+        try:
+            for outcome in self._preparation.outcomes(admitted(), refresh, keep_files):
+                consume(outcome)
+            self._flush(batch, report, on_commit)
+            self._writer.drain()
+            for outcome in deferred:
+                existing = self._store.find_by_hash(outcome.hash)
+                holder = seen_hashes.get(outcome.hash, existing)
+                if holder is not None and holder != outcome.item.id:
+                    report.duplicate(outcome.item.uri, f"same content as {holder!r}, already indexed")
+                    self._forget_stale(outcome.item.id)
+                else:
+                    accept(outcome)
+            self._flush(batch, report, on_commit)
+        finally:
+            self._writer.drain()
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prepare(self, item: SourceItem, refresh: bool, keep: BlobStore | None) -> _Outcome:
-        """Runs in a worker thread: skip if unchanged, else read, hash, decode, preprocess.
-        Whatever goes wrong with one item is reported for that item; the run goes on."""
-        try:
-            return self._prepare_item(item, refresh, keep)
-        except Exception as exc:  # a bug or an odd file must not stop a million-image run
-            return _Failed(item, "error", f"{type(exc).__name__}: {exc}")
-
-    def _prepare_item(self, item: SourceItem, refresh: bool, keep: BlobStore | None) -> _Outcome:
-        known = self._store.get(item.id)
-        clash = _collection_clash(known, item)
-        if clash:
-            return _Failed(item, "id_clash", clash)
-        if known is not None and known.get("uri") == item.uri and "hash" in known:
-            if item.stamp is not None and known.get("stamp") == item.stamp:
-                return _Unchanged(item, str(known["hash"]), known)
-            if item.remote and not refresh:
-                return _Unchanged(item, str(known["hash"]), known)
-        t0 = time.perf_counter()
-        try:
-            data = item.read()
-        except FetchError as exc:
-            return _Failed(item, "fetch", str(exc))
-        digest = content_hash(data)
-        if known is not None and known.get("hash") == digest:
-            return _Unchanged(item, digest, known)
-        t1 = time.perf_counter()
-        try:
-            with self._decode_slots:
-                image = decode_image(data, self._limits, item.uri, self._encoder.min_short_side)
-                pixels = self._encoder.preprocess(image)
-        except ImageError as exc:
-            category = next((c for t, c in _CATEGORIES if isinstance(exc, t)), "corrupt")
-            return _Failed(item, category, exc.reason)
-        kept = str(keep.put(data, digest)) if keep is not None else None
-        t2 = time.perf_counter()
-        return _Prepared(item, digest, len(data), image.width, image.height, pixels, kept, t1 - t0, t2 - t1)
-
-    def _refresh_payload(self, outcome: _Unchanged) -> None:
+    def _refresh_payload(self, outcome: Unchanged) -> None:
         """Same bytes, but the stored location or metadata is out of date: rewrite the payload
         with the stored vector (no decoding, no encoder call)."""
         item, known = outcome.item, outcome.known
@@ -306,14 +235,14 @@ class Indexer:
 
     def _flush(
         self,
-        batch: list[_Prepared],
+        batch: list[Prepared],
         report: IndexReport,
         on_commit: Callable[[Sequence[str]], None] | None,
     ) -> None:
         if not batch:
             return
         t0 = time.perf_counter()
-        vectors = self._encoder.embed_arrays(np.stack([p.pixels for p in batch]))
+        vectors = self._vectors(batch)
         t1 = time.perf_counter()
         now = datetime.now(UTC).isoformat(timespec="seconds")
         info = self._encoder.info
@@ -327,13 +256,26 @@ class Indexer:
                 payload["meta"] = dict(p.item.meta)
             payloads.append(payload)
         ids = [p.item.id for p in batch]
-        self._store.upsert(ids, vectors, payloads)
         report.stage_seconds["embed"] += t1 - t0
+
+        def done() -> None:
+            report.indexed += len(ids)
+            if on_commit:
+                on_commit(ids)
+
+        self._writer.write(ids, vectors, payloads, done)
         report.stage_seconds["write"] += time.perf_counter() - t1
-        report.indexed += len(batch)
         batch.clear()
-        if on_commit:
-            on_commit(ids)
+
+    def _vectors(self, batch: list[Prepared]) -> NDArray[np.float32]:
+        """The batch's vectors: embedded here, unless the preparation embedded them already."""
+        rows: list[NDArray[np.float32] | None] = [p.vector for p in batch]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if missing:
+            pixels = np.stack([batch[i].pixels for i in missing])  # type: ignore[misc]
+            for i, vector in zip(missing, self._encoder.embed_arrays(pixels), strict=True):
+                rows[i] = vector
+        return np.stack(rows).astype(np.float32, copy=False)  # type: ignore[arg-type]
 
     def _prune(self, source: str, entries: list[SourceEntry]) -> int:
         if any(isinstance(entry, SkippedRow) and entry.incomplete for entry in entries):
@@ -351,14 +293,3 @@ class Indexer:
         under it; drop the old vector rather than keep answering with it."""
         if self._store.get(image_id) is not None:
             self._store.delete([image_id])
-
-
-def _collection_clash(known: Payload | None, item: SourceItem) -> str | None:
-    """Two folders (or CSVs) indexed into one store can both have an `a.jpg`. Refuse to let the
-    second silently replace the first, unless the first source is gone (a moved folder)."""
-    if known is None or item.collection is None:
-        return None
-    other = known.get("collection")
-    if not other or other == item.collection or other == "api" or not os.path.exists(str(other)):
-        return None
-    return f"id {item.id!r} is already used by an image from {other}; index into another store (--store)"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imagefinder.blobs import BlobStore
 from imagefinder.collection import Collection
@@ -26,6 +27,10 @@ from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.tracking import MODEL_URI_PREFIX, MlflowTracker, NoTracker, Tracker
 from imagefinder.training.data import ImageReader
 from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER
+from imagefinder.writers import ParallelWriter
+
+if TYPE_CHECKING:
+    from imagefinder.ray_engine import RayContext
 
 
 def image_limits(settings: Settings) -> ImageLimits:
@@ -35,9 +40,12 @@ def image_limits(settings: Settings) -> ImageLimits:
 def open_store(settings: Settings) -> VectorStore:
     """The served generation of the configured index: a folder under `store.path`, or a Milvus
     collection when `store.uri` names one."""
+    return open_store_at(served_location(settings), settings)
+
+
+def served_location(settings: Settings) -> str:
     with closing(generations(settings)) as served:
-        location = served.current().location
-    return open_store_at(location, settings)
+        return served.current().location
 
 
 def generations(settings: Settings) -> IndexGenerations:
@@ -82,13 +90,15 @@ def open_store_at(location: str, settings: Settings) -> VectorStore:
 def build_fetcher(settings: Settings, allow_private: bool) -> HttpFetcher:
     """Collections listed by the operator (CLI) may live on private hosts; URLs sent by API
     clients may not, unless `api.allow_private_urls` says so (server-side request forgery)."""
-    return HttpFetcher(
-        FetchSettings(
-            max_bytes=settings.images.max_bytes,
-            timeout_s=settings.fetch.timeout_s,
-            retries=settings.fetch.retries,
-            allow_private=allow_private,
-        )
+    return HttpFetcher(fetch_settings(settings, allow_private))
+
+
+def fetch_settings(settings: Settings, allow_private: bool) -> FetchSettings:
+    return FetchSettings(
+        max_bytes=settings.images.max_bytes,
+        timeout_s=settings.fetch.timeout_s,
+        retries=settings.fetch.retries,
+        allow_private=allow_private,
     )
 
 
@@ -136,26 +146,74 @@ def build_configured_encoder(settings: Settings) -> Encoder:
     return build_encoder(settings.encoder, settings.model_cache_dir, settings.hf_pooling, settings.device)
 
 
-def build_service(settings: Settings) -> ImageFinder:
-    """The service over the configured index. Unless an encoder is asked for, an index that
-    records the registered model serving it (a fine-tuned version switched in by `reindex`) is
-    served with that model."""
-    store = open_store(settings)
+def encoder_recipe(settings: Settings, store: VectorStore) -> Callable[[], Encoder]:
+    """How to build the encoder that serves `store`, as a picklable call (the Ray engine's actors
+    build theirs with it). Unless an encoder is asked for, an index that records the registered
+    model serving it (a fine-tuned version switched in by `reindex`) is served with that model."""
+    serve_with = store.get_meta(SERVE_WITH)
+    if serve_with and "encoder" not in settings.model_fields_set:
+        return functools.partial(_registered_encoder, settings, serve_with)
+    return functools.partial(build_configured_encoder, settings)
+
+
+def _registered_encoder(settings: Settings, uri: str) -> Encoder:
+    return mlflow_tracker(settings).load_encoder(uri)  # type: ignore[no-any-return]
+
+
+def build_service(settings: Settings, ray: RayContext | None = None) -> ImageFinder:
+    """The service over the configured index; with `ray`, its index runs prepare and embed the
+    images on that Ray cluster (see `imagefinder.ray_engine`)."""
+    location = served_location(settings)
+    store = open_store_at(location, settings)
     try:
-        serve_with = store.get_meta(SERVE_WITH)
-        if serve_with and "encoder" not in settings.model_fields_set:
-            encoder = mlflow_tracker(settings).load_encoder(serve_with)
-        else:
-            encoder = build_configured_encoder(settings)
-        return service_for(settings, encoder, store)
+        recipe = encoder_recipe(settings, store)
+        encoder = recipe()
+        indexer = None if ray is None else ray_indexer(settings, ray, encoder, store, recipe, location)
+        return service_for(settings, encoder, store, indexer)
     except BaseException:
         store.close()
         raise
 
 
-def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> ImageFinder:
+def ray_indexer(
+    settings: Settings,
+    ray: RayContext,
+    encoder: Encoder,
+    store: VectorStore,
+    recipe: Callable[[], Encoder],
+    location: str,
+) -> Indexer:
+    """An indexer whose preparation runs on the Ray cluster; a Milvus index is written by
+    several writers at once (an embedded one by this process alone: it is one machine's file)."""
+    from imagefinder.ray_engine import RayPreparation, encoder_count
+
+    limits = image_limits(settings)
+    preparation = RayPreparation(
+        store,
+        limits,
+        fetch_settings(settings, allow_private=True),
+        recipe,
+        encoder.info,
+        encoder.min_short_side,
+        encoder_count(ray.options, ray.cluster),
+        gpus_per_encoder=1.0 if ray.cluster.gpus >= 1 else 0.0,
+        chunk=ray.options.chunk,
+    )
+    writer = None
+    if location.startswith(("milvus://", "milvuss://")):
+        writer = ParallelWriter(lambda: open_store_at(location, settings), encoder.info, MILVUS_WRITERS)
+    return Indexer(encoder, store, limits, settings.batch_size, preparation=preparation, writer=writer)
+
+
+# Upserts to Milvus in flight at once from an index run on Ray.
+MILVUS_WRITERS = 4
+
+
+def service_for(
+    settings: Settings, encoder: Encoder, store: VectorStore, indexer: Indexer | None = None
+) -> ImageFinder:
     """A service over a given encoder and store (evaluation runs reuse one encoder for several
-    temporary stores), configured from `settings`."""
+    temporary stores), configured from `settings`; `indexer` replaces the in-process one."""
     return compose_service(
         encoder,
         store,
@@ -169,6 +227,7 @@ def service_for(settings: Settings, encoder: Encoder, store: VectorStore) -> Ima
         thumbnails=settings.home_dir / "thumbnails",
         whitening=settings.whitening,
         search_dims=settings.search_dims,
+        indexer=indexer,
     )
 
 
@@ -186,6 +245,7 @@ def compose_service(
     thumbnails: Path | None = None,
     whitening: float = DEFAULT_POWER,
     search_dims: int = DEFAULT_DIMS,
+    indexer: Indexer | None = None,
 ) -> ImageFinder:
     """The service and its parts over one encoder and store: the indexer, the collection of single
     images and the maintenance of the search space and provenance."""
@@ -193,17 +253,32 @@ def compose_service(
         encoder,
         store,
         limits,
-        Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers),
+        indexer or Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers),
         Collection(encoder, store, limits, fetcher, blobs, thumbnails),
         Maintenance(encoder, store, whitening, search_dims),
         query_views,
     )
 
 
-def index_run_params(settings: Settings, service: ImageFinder) -> dict[str, Any]:
+def index_run_params(
+    settings: Settings, service: ImageFinder, ray: RayContext | None = None
+) -> dict[str, Any]:
     """What an index run records in MLflow: enough to rebuild the same index."""
     info = service.encoder.info
+    engine: dict[str, Any] = {"engine": "local"}
+    if ray is not None:
+        from imagefinder.ray_engine import encoder_count
+
+        engine = {
+            "engine": "ray",
+            "ray.address": ray.options.address or "local",
+            "ray.cpus": ray.cluster.cpus,
+            "ray.gpus": ray.cluster.gpus,
+            "ray.encoders": encoder_count(ray.options, ray.cluster),
+            "ray.chunk": ray.options.chunk,
+        }
     return {
+        **engine,
         "encoder.name": info.name,
         "encoder.version": info.version,
         "encoder.dim": info.dim,
