@@ -333,7 +333,15 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
 
 
 def _register_commands() -> None:
-    from imagefinder.cli_admin import demo_data, make_benchmark_command, migrate, models, runs
+    from imagefinder.cli_admin import (
+        demo_data,
+        export_command,
+        import_command,
+        make_benchmark_command,
+        migrate,
+        models,
+        runs,
+    )
     from imagefinder.cli_duplicates import duplicates
     from imagefinder.cli_evaluate import evaluate
     from imagefinder.cli_models import finetune, reindex, rollback
@@ -344,6 +352,8 @@ def _register_commands() -> None:
         runs,
         models,
         migrate,
+        export_command,
+        import_command,
         make_benchmark_command,
         demo_data,
         finetune,

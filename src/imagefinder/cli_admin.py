@@ -105,6 +105,64 @@ def migrate(ctx: click.Context, source: str, target: str) -> None:
     click.echo(f"copied {copied} images from {source} to {target}; it holds {total} images")
 
 
+@click.command("export")
+@click.option(
+    "--parquet",
+    "folder",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="New folder to write part-NNNNN.parquet files into.",
+)
+@click.pass_context
+@_user_errors
+def export_command(ctx: click.Context, folder: Path) -> None:
+    """Write the index's ids, vectors, payloads and model version as Parquet files."""
+    from contextlib import closing
+
+    from imagefinder.parquet_io import export_parquet
+    from imagefinder.wiring import open_store
+
+    with closing(open_store(_settings(ctx))) as store:
+        written = export_parquet(store, folder)
+    click.echo(f"exported {written.rows} images into {len(written.files)} Parquet files in {folder}")
+
+
+@click.command("import")
+@click.option(
+    "--parquet",
+    "folder",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="A Parquet file or folder written by `export --parquet` (or in its format).",
+)
+@click.pass_context
+@_user_errors
+def import_command(ctx: click.Context, folder: Path) -> None:
+    """Add the images of Parquet files (ids, vectors, payloads) to the index without embedding
+    them again; the encoder that made them must be the one configured."""
+    from imagefinder.errors import EncoderMismatchError
+    from imagefinder.parquet_io import import_parquet, parquet_encoder
+    from imagefinder.stores.base import same_encoder
+    from imagefinder.wiring import build_service
+
+    found = parquet_encoder(folder)
+    service = build_service(_settings(ctx))
+    try:
+        configured = service.encoder.info
+        if not same_encoder(configured, found):
+            raise EncoderMismatchError(
+                f"the vectors in {folder} were made by {found.name} v{found.version} ({found.dim}-d), "
+                f"not the configured {configured.name} v{configured.version}: use --model to choose it"
+            )
+        imported = import_parquet(service.store, folder)
+        service.maintenance.refit()  # the search space is learned on the collection as it is now
+        service.store.optimise()
+        total = service.count()
+    finally:
+        service.close()
+    click.echo(f"imported {imported} images from {folder}; the index holds {total} images")
+
+
 @click.command("make-benchmark")
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))

@@ -22,7 +22,7 @@ from imagefinder.blobs import BlobStore
 from imagefinder.errors import ModelUnavailableError
 from imagefinder.indexer import IndexReport
 from imagefinder.service import ImageFinder
-from imagefinder.sources import CsvSource, FolderSource
+from imagefinder.sources import Source
 from imagefinder.tracking import ModelRecord, Tracker
 
 REPORT_NAME = "last_index_report.json"
@@ -56,7 +56,7 @@ class IndexRun:
 
     def __call__(
         self,
-        source: FolderSource | CsvSource,
+        source: Source,
         options: IndexOptions,
         params: Mapping[str, Any],
         progress: Callable[[int], None] | None = None,

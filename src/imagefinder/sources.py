@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -126,8 +126,7 @@ class CsvSource:
         # Absolute, so stored file paths still work for a server started elsewhere.
         self.path = path.resolve()
         self.name = str(self.path)
-        self._max_bytes = max_bytes
-        self._fetcher = fetcher
+        self._items = _TableItems(self.path.parent, self.name, max_bytes, fetcher)
         try:
             with open(path, newline="", encoding="utf-8-sig") as handle:
                 header = next(csv.reader(handle), [])
@@ -138,48 +137,76 @@ class CsvSource:
             raise SourceError(f"{path}: the header must name the columns url and id, found {header}")
 
     def __iter__(self) -> Iterator[SourceEntry]:
-        seen_ids: set[str] = set()
-        seen_urls: set[str] = set()
         with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as handle:
             reader = csv.DictReader(handle)
             reader.fieldnames = [name.strip().lower() for name in reader.fieldnames or []]
-            for row in reader:
-                where = f"{self.path.name} line {reader.line_num}"
-                url = (row.get("url") or "").strip()
-                image_id = (row.get("id") or "").strip()
-                problem = _row_problem(url, image_id)
-                if problem:
-                    yield SkippedRow(where, problem)
-                    continue
-                if image_id in seen_ids:
-                    yield SkippedRow(where, f"duplicate id {image_id!r}", duplicate=True)
-                    continue
-                if url in seen_urls:
-                    yield SkippedRow(where, f"duplicate url {url}", duplicate=True)
-                    continue
-                seen_ids.add(image_id)
-                seen_urls.add(url)
-                meta = {
-                    key: value
-                    for key, value in row.items()
-                    if key and key not in ("url", "id") and isinstance(value, str) and value
-                }
-                yield self._item(image_id, url, meta)
+            rows = ((f"{self.path.name} line {reader.line_num}", row) for row in reader)
+            yield from _entries(rows, self._items.item)
 
-    def _item(self, image_id: str, url: str, meta: dict[str, str]) -> SourceItem:
+
+class ParquetSource:
+    """A Parquet file, or a folder of Parquet files (read in name order), with columns `url` and
+    `id`, for sources of many millions of rows: the same rules as a CSV, read in batches."""
+
+    def __init__(self, path: Path, max_bytes: int, fetcher: HttpFetcher | None = None) -> None:
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise SourceError("Parquet sources need pyarrow: pip install 'imagefinder[parquet]'") from None
+        self.path = path.resolve()
+        self.name = str(self.path)
+        self._parts = sorted(self.path.glob("*.parquet")) if self.path.is_dir() else [self.path]
+        base = self.path if self.path.is_dir() else self.path.parent
+        self._items = _TableItems(base, self.name, max_bytes, fetcher)
+        for part in self._parts:
+            try:
+                columns = {name.strip().lower() for name in pq.ParquetFile(part).schema_arrow.names}
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                raise SourceError(f"cannot read {part}: {exc}") from None
+            if not {"url", "id"} <= columns:
+                raise SourceError(f"{part}: the columns must include url and id, found {sorted(columns)}")
+
+    def __iter__(self) -> Iterator[SourceEntry]:
+        yield from _entries(self._rows(), self._items.item)
+
+    def _rows(self) -> Iterator[tuple[str, dict[str, str]]]:
+        import pyarrow.parquet as pq
+
+        for part in self._parts:
+            row_number = 0
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=8192):
+                names = [name.strip().lower() for name in batch.schema.names]
+                for values in zip(*(column.to_pylist() for column in batch.columns), strict=True):
+                    row_number += 1
+                    pairs = zip(names, values, strict=True)
+                    row = {name: str(value) for name, value in pairs if value is not None}
+                    yield f"{part.name} row {row_number}", row
+
+
+class _TableItems:
+    """Items of a table's rows (CSV or Parquet): a url may be http(s), file://, or a local path,
+    relative to the table's folder."""
+
+    def __init__(self, base: Path, collection: str, max_bytes: int, fetcher: HttpFetcher | None) -> None:
+        self._base = base
+        self._collection = collection
+        self._max_bytes = max_bytes
+        self._fetcher = fetcher
+
+    def item(self, image_id: str, url: str, meta: dict[str, str]) -> SourceItem:
         scheme = urlparse(url).scheme.lower()
         if scheme in ("http", "https"):
             fetcher = self._http()
-            return SourceItem(image_id, url, lambda: fetcher.fetch(url), meta, self.name, remote=True)
+            return SourceItem(image_id, url, lambda: fetcher.fetch(url), meta, self._collection, remote=True)
         path = Path(unquote(urlparse(url).path)) if scheme == "file" else Path(url)
         if not path.is_absolute():
-            path = self.path.parent / path
+            path = self._base / path
         return SourceItem(
             image_id,
             str(path),
             lambda: read_file(path, self._max_bytes),
             meta,
-            self.name,
+            self._collection,
             stamp=file_stamp(path),
         )
 
@@ -187,6 +214,37 @@ class CsvSource:
         if self._fetcher is None:
             self._fetcher = HttpFetcher(FetchSettings(max_bytes=self._max_bytes))
         return self._fetcher
+
+
+def _entries(
+    rows: Iterable[tuple[str, Mapping[str, str | None]]],
+    item: Callable[[str, str, dict[str, str]], SourceItem],
+) -> Iterator[SourceEntry]:
+    """Rows of a table (where each is, its columns) -> entries: the first row with a given id or
+    url wins; later ones are reported as duplicates; unusable rows are reported as skipped."""
+    seen_ids: set[str] = set()
+    seen_urls: set[str] = set()
+    for where, row in rows:
+        url = (row.get("url") or "").strip()
+        image_id = (row.get("id") or "").strip()
+        problem = _row_problem(url, image_id)
+        if problem:
+            yield SkippedRow(where, problem)
+            continue
+        if image_id in seen_ids:
+            yield SkippedRow(where, f"duplicate id {image_id!r}", duplicate=True)
+            continue
+        if url in seen_urls:
+            yield SkippedRow(where, f"duplicate url {url}", duplicate=True)
+            continue
+        seen_ids.add(image_id)
+        seen_urls.add(url)
+        meta = {
+            key: value
+            for key, value in row.items()
+            if key and key not in ("url", "id") and isinstance(value, str) and value
+        }
+        yield item(image_id, url, meta)
 
 
 def _row_problem(url: str, image_id: str) -> str | None:
@@ -207,10 +265,27 @@ def _row_problem(url: str, image_id: str) -> str | None:
     return None
 
 
-def open_source(path: Path, max_bytes: int, fetcher: HttpFetcher | None = None) -> FolderSource | CsvSource:
-    """A folder or a `.csv` file, by what `path` is."""
+Source = FolderSource | CsvSource | ParquetSource
+
+
+def open_source(path: Path, max_bytes: int, fetcher: HttpFetcher | None = None) -> Source:
+    """A folder of images, a `.csv` file, or a `.parquet` file or a folder holding only Parquet
+    files, by what `path` is."""
     if path.is_dir():
+        if _parquet_folder(path):
+            return ParquetSource(path, max_bytes, fetcher)
         return FolderSource(path, max_bytes)
-    if path.is_file() and path.suffix.lower() == ".csv":
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix == ".csv":
         return CsvSource(path, max_bytes, fetcher)
-    raise SourceError(f"{path} is neither a folder nor a .csv file")
+    if path.is_file() and suffix == ".parquet":
+        return ParquetSource(path, max_bytes, fetcher)
+    raise SourceError(f"{path} is neither a folder nor a .csv or .parquet file")
+
+
+def _parquet_folder(path: Path) -> bool:
+    try:
+        names = [entry.name for entry in os.scandir(path) if not entry.name.startswith(".")]
+    except OSError:
+        return False
+    return bool(names) and all(name.lower().endswith(".parquet") for name in names)
