@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ bench-quality: install
 # near-duplicate collection, supervised (SupCon and proxy softmax) on same_class (~35 min).
 bench-finetune: install
 	$(BIN)/python bench/finetune.py --out bench/results/finetune.json
+
+# index --engine ray (local Ray with 1 and 2 CPUs) next to the single-process indexer on the same
+# photos in one run: images/s, time to first result, peak memory of driver and Ray (~5 min).
+bench-ray: install
+	$(BIN)/python bench/ray.py --out bench/results/ray.json
 
 # The duplicates scan on the dev benchmark next to imagededup (PHash, DHash) and fastdup, the copy
 # flag's calibration on small, copy-free and copy-rich collections, and a scan of 1M vectors

@@ -77,8 +77,9 @@ class RayContext:
 def ray_cluster(options: RayOptions) -> Iterator[RayContext]:
     """Connect to `options.address`, or start a local Ray on this machine bound to 127.0.0.1;
     disconnect (and stop the local one) at the end."""
-    if options.address is None:
+    if options.address is None or _on_this_machine(options.address):
         os.environ.setdefault(_LOCAL_ONLY, "0")
+    if options.address is None:
         os.environ.pop("RAY_ADDRESS", None)  # ray.init() would connect there instead
     try:
         import ray
@@ -103,6 +104,13 @@ def ray_cluster(options: RayOptions) -> Iterator[RayContext]:
         yield RayContext(options, cluster)
     finally:
         ray.shutdown()
+
+
+def _on_this_machine(address: str) -> bool:
+    """A head on 127.0.0.1 (or localhost): Ray would otherwise turn that into this machine's
+    network address, where a head bound to the loopback is not listening."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def encoder_count(options: RayOptions, cluster: ClusterResources) -> int:
