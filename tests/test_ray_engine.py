@@ -166,9 +166,18 @@ def test_ray_engine_reports_a_csvs_bad_rows_as_the_single_process_indexer_does(
     local = _home(tmp_path, "local", model_cache)
     ray = _home(tmp_path, "ray", model_cache)
     run_cli(local, "index", str(table), "--quiet")
-    run_cli(ray, "index", str(table), "--quiet", "--engine", "ray")
+    result = run_cli(ray, "index", str(table), "--quiet", "--engine", "ray", tracking=True)
     assert _report(ray) == _report(local)
     assert _problems(ray) == _problems(local)
+    # The same MLflow run as a single-process one, saying which engine built the index, and the
+    # encoder registered.
+    run_id = result.stdout.split("mlflow: run ")[1].split(",")[0]
+    assert "encoder models:/imagefinder-encoder/1" in result.stdout
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{ray / 'mlflow.db'}").get_run(run_id)
+    assert run.data.params["engine"] == "ray" and run.data.params["ray.address"] == "local"
+    assert run.data.metrics["indexed"] == _report(ray)["indexed"]
     assert _report(ray)["failed_by_reason"] == {"fetch": 2, "invalid_row": 3}
     _assert_same_index(_exported(local), _exported(ray))
 
