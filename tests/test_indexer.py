@@ -114,3 +114,38 @@ def test_remove(tmp_path: Path, folder: Path) -> None:
     service.index(FolderSource(folder, LIMITS.max_bytes))
     assert service.collection.remove(["p0.jpg", "nope"]) == 1
     assert all(r.id != "p0.jpg" for r in service.search_bytes((folder / "p0.jpg").read_bytes(), k=10))
+
+
+def test_files_renamed_in_a_ring_keep_every_image(tmp_path: Path) -> None:
+    """f0 takes f1's bytes, f1 takes f2's, ..., the last takes f0's: each new content is held by
+    another stored image whose own content is being replaced in the same run; none is a duplicate."""
+    root = tmp_path / "ring"
+    root.mkdir()
+    contents = [encode(gradient(40 + i)) for i in range(8)]
+    for i, data in enumerate(contents):
+        (root / f"f{i}.jpg").write_bytes(data)
+    service, _ = make_service(tmp_path)
+    service.index(FolderSource(root, LIMITS.max_bytes))
+    for i in range(8):
+        (root / f"f{i}.jpg").write_bytes(contents[(i + 1) % 8])
+    report = service.index(FolderSource(root, LIMITS.max_bytes))
+    assert (report.indexed, report.duplicates, report.failed) == (8, 0, 0)
+    assert service.count() == 8
+    for i in range(8):
+        assert service.search_bytes(contents[(i + 1) % 8], k=1)[0].id == f"f{i}.jpg"
+
+
+def test_a_folder_that_lists_no_image_prunes_nothing(tmp_path: Path, folder: Path) -> None:
+    service, _ = make_service(tmp_path)
+    service.index(FolderSource(folder, LIMITS.max_bytes))
+    # The same folder name indexed again, now listing nothing (an unmounted disk, a wrong path):
+    # its images stay; deleting some of its files still prunes them.
+    folder.rename(tmp_path / "elsewhere")
+    folder.mkdir()
+    report = service.index(FolderSource(folder, LIMITS.max_bytes), prune_source=str(folder.resolve()))
+    assert (report.pruned, service.count()) == (0, 7)
+    (tmp_path / "elsewhere" / "p1.jpg").unlink()
+    folder.rmdir()
+    (tmp_path / "elsewhere").rename(folder)
+    report = service.index(FolderSource(folder, LIMITS.max_bytes), prune_source=str(folder.resolve()))
+    assert (report.pruned, service.count()) == (1, 6)

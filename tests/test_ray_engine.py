@@ -200,9 +200,11 @@ def test_ray_engine_writes_milvus_as_the_single_process_indexer_does(
     local = ("--store", milvus_uri(milvus_server, f"local_{stamp}"))
     ray = ("--store", milvus_uri(milvus_server, f"ray_{stamp}"))
     run_cli(home, *local, "index", str(few_hundred_photos), "--quiet")
+    local_report, local_problems = _report(home), _problems(home)
     result = run_cli(home, *ray, "index", str(few_hundred_photos), "--quiet", "--engine", "ray")
     images = len(list(few_hundred_photos.iterdir()))
     assert f"indexed {images - 4}," in result.stdout
+    assert (_report(home), _problems(home)) == (local_report, local_problems)
     _assert_same_index(_exported(home, *local), _exported(home, *ray))
 
 
@@ -237,6 +239,20 @@ def test_export_import_round_trip_on_both_stores(
     pq.write_table(pa.table({"id": ["a"], "vector": [[0.0] * 1280]}), stranger)
     refused = run_cli(embedded, "import", "--parquet", str(stranger), check=False)
     assert refused.returncode == 1 and "does not say which encoder" in refused.stderr
+    # Rows are checked as the indexer checks them: a vector of another length is refused.
+    short = tmp_path / "short.parquet"
+    table = pq.read_table(next(exported.glob("*.parquet")))
+    vectors = [v[:100] for v in table.column("vector").to_pylist()]
+    table = table.set_column(1, "vector", pa.array(vectors, pa.list_(pa.float32())))
+    pq.write_table(table.replace_schema_metadata(schema.metadata), short)
+    refused = run_cli(embedded, "import", "--parquet", str(short), check=False)
+    assert refused.returncode == 1 and "the vector has 100 values, not 1280" in refused.stderr
+    # An export stopped before its end (no manifest, written last) is refused.
+    partial = tmp_path / "partial"
+    shutil.copytree(exported, partial)
+    (partial / "_imagefinder.json").unlink()
+    refused = run_cli(embedded, "import", "--parquet", str(partial), check=False)
+    assert refused.returncode == 1 and "incomplete export" in refused.stderr
     # An export never overwrites: a second one into the same folder is refused.
     again = run_cli(origin, "export", "--parquet", str(exported), check=False)
     assert again.returncode == 1 and "not empty" in again.stderr
@@ -251,7 +267,7 @@ RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 @pytest.fixture
-def ray_head(tmp_path: Path) -> Iterator[str]:
+def ray_head(tmp_path: Path) -> Iterator[tuple[str, int]]:
     """`ray start --head --block` on 127.0.0.1 with 2 CPUs; stopped by its own PID (with --block,
     `ray start` stops the processes it started when it is terminated)."""
     with socket.socket() as probe:
@@ -277,7 +293,7 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
             started = head.poll() is None and time.monotonic() < deadline
             assert started, (tmp_path / "ray-head.log").read_text()
             time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", head.pid
     finally:
         head.send_signal(signal.SIGTERM)
         try:
@@ -289,22 +305,34 @@ def ray_head(tmp_path: Path) -> Iterator[str]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _encoder_actor_pids() -> list[int]:
-    pids = []
+def _encoder_actor_pids(head: int) -> list[int]:
+    """The encoder actors among the processes of the head this test started (not any other
+    Ray on the machine)."""
+    parents: dict[int, int] = {}
+    titles: dict[int, bytes] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                title = (entry / "cmdline").read_bytes()
-            except OSError:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except (OSError, IndexError, ValueError):
                 continue
-            if title.startswith(b"ray::_EncoderActor"):
-                pids.append(int(entry.name))
-    return pids
+
+    def under_head(pid: int) -> bool:
+        while pid > 1:
+            if pid == head:
+                return True
+            pid = parents.get(pid, 0)
+        return False
+
+    actors = [pid for pid, title in titles.items() if title.startswith(b"ray::_EncoderActor")]
+    return [pid for pid in actors if under_head(pid)]
 
 
 def test_a_killed_encoder_actor_loses_nothing(
-    tmp_path: Path, few_hundred_photos: Path, model_cache: Path, ray_head: str
+    tmp_path: Path, few_hundred_photos: Path, model_cache: Path, ray_head: tuple[str, int]
 ) -> None:
+    address, head_pid = ray_head
     home = _home(tmp_path, "home", model_cache)
     env = {
         **os.environ,
@@ -316,7 +344,7 @@ def test_a_killed_encoder_actor_loses_nothing(
     command = [sys.executable, "-m", "imagefinder", "index", str(few_hundred_photos), "--quiet", "--verbose"]
     stderr = (tmp_path / "index.stderr").open("w")  # a file: an undrained pipe would block the run
     run = subprocess.Popen(
-        [*command, "--engine", "ray", "--ray-address", ray_head],
+        [*command, "--engine", "ray", "--ray-address", address],
         env=env,
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -329,7 +357,7 @@ def test_a_killed_encoder_actor_loses_nothing(
         if line.startswith("indexed ") and "," not in line:
             committed.append(line.removeprefix("indexed ").strip())
         if len(committed) >= 20 and not killed:
-            killed = _encoder_actor_pids()
+            killed = _encoder_actor_pids(head_pid)
             assert killed, "no encoder actor process found"
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)

@@ -76,7 +76,8 @@ def test_parallel_writer_stops_at_a_failed_batch_without_acknowledging_it() -> N
         for i in range(5):
             writer.write(*_batch(f"b{i}"), done=lambda i=i: acknowledged.append(f"b{i}"))
         writer.drain()
-    assert "b2" not in acknowledged and acknowledged == ["b0", "b1"][: len(acknowledged)]
+    # The batches before the failed one were acknowledged, in order; it and those after, not.
+    assert acknowledged == ["b0", "b1"]
     writer.close()
 
 

@@ -113,6 +113,8 @@ def index(
             click.echo(f"indexed {image_id}")
         sys.stdout.flush()
 
+    if ray_address and (engine or settings.engine) != "ray":
+        raise click.UsageError("--ray-address is for --engine ray")
     with ExitStack() as stack:
         ray = None
         if (engine or settings.engine) == "ray":

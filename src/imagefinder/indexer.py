@@ -197,24 +197,28 @@ class Indexer:
             if len(batch) >= self._batch_size:
                 self._flush(batch, report, on_commit)
 
-        try:
-            for outcome in self._preparation.outcomes(admitted(), refresh, keep_files):
-                consume(outcome)
-            self._flush(batch, report, on_commit)
-            self._writer.drain()
-            for outcome in deferred:
-                existing = self._store.find_by_hash(outcome.hash)
-                holder = seen_hashes.get(outcome.hash, existing)
-                if holder is not None and holder != outcome.item.id:
-                    report.duplicate(outcome.item.uri, f"same content as {holder!r}, already indexed")
-                    self._forget_stale(outcome.item.id)
-                else:
-                    accept(outcome)
-            self._flush(batch, report, on_commit)
-        finally:
-            self._writer.drain()
+        for outcome in self._preparation.outcomes(admitted(), refresh, keep_files):
+            consume(outcome)
+        self._flush(batch, report, on_commit)
+        self._writer.drain()
+        # An image whose stored bytes are themselves being replaced in this run (files renamed
+        # in a ring) does not hold those bytes any more.
+        replaced = {outcome.item.id for outcome in deferred}
+        for outcome in deferred:
+            existing = self._store.find_by_hash(outcome.hash)
+            holder = seen_hashes.get(outcome.hash, None if existing in replaced else existing)
+            if holder is not None and holder != outcome.item.id:
+                report.duplicate(outcome.item.uri, f"same content as {holder!r}, already indexed")
+                self._forget_stale(outcome.item.id)
+            else:
+                accept(outcome)
+        self._flush(batch, report, on_commit)
+        self._writer.drain()
         report.seconds = time.perf_counter() - started
         return report
+
+    def close(self) -> None:
+        self._writer.close()
 
     def _refresh_payload(self, outcome: Unchanged) -> None:
         """Same bytes, but the stored location or metadata is out of date: rewrite the payload
@@ -281,6 +285,8 @@ class Indexer:
         if any(isinstance(entry, SkippedRow) and entry.incomplete for entry in entries):
             return 0  # part of the source could not be listed: its images are not "deleted"
         listed = {entry.id for entry in entries if isinstance(entry, SourceItem)}
+        if not listed:
+            return 0  # a source that lists nothing is more likely misread than emptied
         stale = [
             image_id
             for image_id, payload in self._store.payload_items()

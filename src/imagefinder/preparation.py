@@ -45,7 +45,7 @@ class Prepared:
     size: int
     width: int
     height: int
-    # The encoder's input, or the vector itself when the preparation embedded the image.
+    # The encoder's input; None when the preparation embedded the image itself (`vector`).
     pixels: NDArray[np.float32] | None
     kept: str | None
     read_s: float

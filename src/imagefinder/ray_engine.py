@@ -46,6 +46,11 @@ from imagefinder.stores.base import Payload, VectorStore
 # Ray's switch for "this machine only": every Ray process then binds to 127.0.0.1 instead of the
 # machine's network address. Read when Ray is imported, so it is set before.
 _LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+# Ray restarts a dead actor and retries a failed call this many times; a chunk that kills its
+# actor every time (a native crash on one image) then stops the run instead of looping for ever.
+RETRIES = 3
+# How long the encoder actors may take to be placed and build their encoder.
+READY_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,12 @@ def ray_cluster(options: RayOptions) -> Iterator[RayContext]:
         os.environ.pop("RAY_ADDRESS", None)  # ray.init() would connect there instead
     try:
         import ray
+        from ray._private import ray_constants
     except ImportError:
         raise EngineError("the Ray engine needs Ray: pip install 'imagefinder[ray]'") from None
+    if options.address is None and ray_constants.ENABLE_RAY_CLUSTER:
+        # Ray was imported before the switch was set: a local cluster would listen on the network.
+        raise EngineError(f"Ray was imported before {_LOCAL_ONLY}=0 was set; set it before starting")
     try:
         if options.address is None:
             ray.init(
@@ -114,11 +123,11 @@ def _on_this_machine(address: str) -> bool:
 
 
 def encoder_count(options: RayOptions, cluster: ClusterResources) -> int:
-    if options.encoders:
-        return options.encoders
+    """Encoder actors: as asked, but never more than the cluster's GPUs when they use GPUs (an
+    actor that can never be placed would hold its chunks for ever)."""
     if cluster.gpus >= 1:
-        return int(cluster.gpus)
-    return max(1, int(cluster.cpus) // 4)
+        return min(options.encoders or int(cluster.gpus), int(cluster.gpus))
+    return options.encoders or max(1, int(cluster.cpus) // 4)
 
 
 @dataclass(frozen=True)
@@ -162,11 +171,12 @@ class RayPreparation:
     ) -> Iterator[Outcome]:
         import ray
 
-        prepare = ray.remote(num_cpus=1, max_retries=3)(_prepare_chunk)
-        actor_class = ray.remote(num_cpus=0, num_gpus=self._gpus, max_restarts=-1, max_task_retries=-1)(
-            _EncoderActor
-        )
+        prepare = ray.remote(num_cpus=1, max_retries=RETRIES)(_prepare_chunk)
+        actor_class = ray.remote(
+            num_cpus=0, num_gpus=self._gpus, max_restarts=RETRIES, max_task_retries=RETRIES
+        )(_EncoderActor)
         actors = [actor_class.remote(self._build_encoder, self._info) for _ in range(self._encoders)]
+        self._wait_until_ready(actors)
         keep_root = str(keep.root) if keep is not None else None
         pending: deque[tuple[list[Outcome | tuple[SourceItem, Payload | None]], Any]] = deque()
         slots: list[Outcome | tuple[SourceItem, Payload | None]] = []
@@ -185,13 +195,16 @@ class RayPreparation:
 
         def receive() -> Iterator[Outcome]:
             chunk, ref = pending.popleft()
-            results = iter(ray.get(ref) if ref is not None else [])
+            results = iter(_get(ref) if ref is not None else [])
             for slot in chunk:
                 yield _outcome(slot, next(results)) if isinstance(slot, tuple) else slot
 
         try:
             for item in items:
-                known = known_outcome(self._store, item, refresh)
+                try:
+                    known = known_outcome(self._store, item, refresh)
+                except Exception as exc:  # as in a local run: that item fails, the run goes on
+                    known = Failed(item, "error", f"{type(exc).__name__}: {exc}")
                 slots.append(known if isinstance(known, Prepared | Unchanged | Failed) else (item, known))
                 if len(slots) >= 4 * self._chunk or sum(isinstance(s, tuple) for s in slots) >= self._chunk:
                     submit()
@@ -204,6 +217,40 @@ class RayPreparation:
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+
+    def _wait_until_ready(self, actors: list[Any]) -> None:
+        """Every actor built its encoder, or a clear error: one that cannot be placed (no free GPU,
+        a busy cluster) or whose node cannot build the encoder stops the run here."""
+        import ray
+        from ray.exceptions import GetTimeoutError
+
+        try:
+            ray.get([actor.ready.remote() for actor in actors], timeout=READY_TIMEOUT_S)
+        except GetTimeoutError:
+            raise EngineError(
+                f"the Ray cluster did not start {len(actors)} encoder actor(s) within "
+                f"{READY_TIMEOUT_S} s (not enough free CPUs or GPUs?)"
+            ) from None
+        except ray.exceptions.RayError as exc:
+            raise EngineError(f"an encoder actor failed to start: {_cause(exc)}") from None
+
+
+
+def _get(ref: Any) -> Any:
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        gave_up = f"the Ray cluster gave up on a chunk after {RETRIES} retries"
+        raise EngineError(f"{gave_up}: {_cause(exc)}") from None
+
+
+def _cause(exc: Exception) -> str:
+    """The first line of what went wrong on the worker, without Ray's traceback."""
+    cause = getattr(exc, "cause", None) or exc
+    return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
 
 
 def _row(slot: tuple[SourceItem, Payload | None]) -> _Row:
@@ -293,13 +340,29 @@ class _EncoderActor:
                 "install the same ImageFinder and model on every node"
             )
 
+    def ready(self) -> bool:
+        return True
+
     def embed(self, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        decoded = [result for result in results if "image" in result]
+        t0 = time.perf_counter()
+        decoded, pixels = [], []
+        for result in results:
+            if "image" not in result:
+                continue
+            image = Image.fromarray(result.pop("image"))
+            try:
+                pixels.append(self._encoder.preprocess(image))
+            except ImageError as exc:
+                result.clear()
+                result["failed"] = (failure_category(exc), exc.reason)
+            except Exception as exc:  # one image the preprocessing refuses fails alone, as locally
+                result.clear()
+                result["failed"] = ("error", f"{type(exc).__name__}: {exc}")
+            else:
+                decoded.append(result)
         if decoded:
-            t0 = time.perf_counter()
-            pixels = np.stack([self._encoder.preprocess(Image.fromarray(r.pop("image"))) for r in decoded])
             t1 = time.perf_counter()
-            for result, vector in zip(decoded, self._encoder.embed_arrays(pixels), strict=True):
+            for result, vector in zip(decoded, self._encoder.embed_arrays(np.stack(pixels)), strict=True):
                 result["vector"] = vector
                 result["decode_s"] += (t1 - t0) / len(decoded)
         return results

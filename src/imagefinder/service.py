@@ -231,6 +231,7 @@ class ImageFinder:
         return self.store.count()
 
     def close(self) -> None:
+        self._indexer.close()
         self.store.close()
 
 

@@ -155,7 +155,7 @@ class ParquetSource:
             raise SourceError("Parquet sources need pyarrow: pip install 'imagefinder[parquet]'") from None
         self.path = path.resolve()
         self.name = str(self.path)
-        self._parts = sorted(self.path.glob("*.parquet")) if self.path.is_dir() else [self.path]
+        self._parts = parquet_parts(self.path)
         base = self.path if self.path.is_dir() else self.path.parent
         self._items = _TableItems(base, self.name, max_bytes, fetcher)
         for part in self._parts:
@@ -179,8 +179,25 @@ class ParquetSource:
                 for values in zip(*(column.to_pylist() for column in batch.columns), strict=True):
                     row_number += 1
                     pairs = zip(names, values, strict=True)
-                    row = {name: str(value) for name, value in pairs if value is not None}
+                    # url and id may be stored as numbers; other columns are kept when they are
+                    # text, as a CSV's are (binary or nested values are not metadata).
+                    row = {
+                        name: str(value) if name in ("url", "id") else value
+                        for name, value in pairs
+                        if value is not None and (name in ("url", "id") or isinstance(value, str))
+                    }
                     yield f"{part.name} row {row_number}", row
+
+
+def parquet_parts(path: Path) -> list[Path]:
+    """A Parquet file, or the data files of a folder of parts, in name order."""
+    if not path.is_dir():
+        return [path]
+    return sorted(
+        part
+        for part in path.iterdir()
+        if part.is_file() and part.suffix.lower() == ".parquet" and not part.name.startswith((".", "_"))
+    )
 
 
 class _TableItems:
@@ -284,8 +301,11 @@ def open_source(path: Path, max_bytes: int, fetcher: HttpFetcher | None = None) 
 
 
 def _parquet_folder(path: Path) -> bool:
+    """A folder of Parquet parts as Spark, Dask or `export --parquet` write them: at least one
+    .parquet file, no image file (their `_SUCCESS` and `_metadata` files are not data)."""
     try:
-        names = [entry.name for entry in os.scandir(path) if not entry.name.startswith(".")]
+        names = [entry.name.lower() for entry in os.scandir(path) if entry.is_file()]
     except OSError:
         return False
-    return bool(names) and all(name.lower().endswith(".parquet") for name in names)
+    images = any(Path(name).suffix in IMAGE_SUFFIXES for name in names)
+    return not images and any(name.endswith(".parquet") and not name.startswith((".", "_")) for name in names)

@@ -185,9 +185,14 @@ def ray_indexer(
 ) -> Indexer:
     """An indexer whose preparation runs on the Ray cluster; a Milvus index is written by
     several writers at once (an embedded one by this process alone: it is one machine's file)."""
+    from imagefinder.config import ApiSettings
     from imagefinder.ray_engine import RayPreparation, encoder_count
 
     limits = image_limits(settings)
+    if isinstance(recipe, functools.partial):
+        # The recipe travels to every worker: without the API's keys, which workers do not need.
+        safe = settings.model_copy(update={"api": ApiSettings()})
+        recipe = functools.partial(recipe.func, safe, *recipe.args[1:])
     preparation = RayPreparation(
         store,
         limits,

@@ -86,7 +86,7 @@ class ParallelWriter:
 
     def _acknowledge(self) -> None:
         future, done = self._pending.popleft()
-        future.result()  # a failed write stops the run here, before anything after it is reported
+        future.result()  # a failed write stops the run here; later batches are not acknowledged
         done()
 
     def _upsert(self, ids: list[str], vectors: NDArray[np.float32], payloads: list[Payload]) -> None:
