@@ -149,3 +149,25 @@ def test_a_folder_that_lists_no_image_prunes_nothing(tmp_path: Path, folder: Pat
     (tmp_path / "elsewhere").rename(folder)
     report = service.index(FolderSource(folder, LIMITS.max_bytes), prune_source=str(folder.resolve()))
     assert (report.pruned, service.count()) == (1, 6)
+
+
+def test_a_folder_of_parquet_parts_is_a_parquet_source(tmp_path: Path, folder: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from imagefinder.sources import ParquetSource, open_source
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    rows = {"url": [str(folder / "p1.jpg"), str(folder / "p2.jpg")], "id": [1, 2], "tag": ["a", "b"]}
+    pq.write_table(pa.table(rows), lake / "part-0.PARQUET")
+    (lake / "_SUCCESS").write_text("")  # as Spark writes it
+    pq.write_table(pa.table(rows), lake / "_metadata")
+    source = open_source(lake, LIMITS.max_bytes)
+    assert isinstance(source, ParquetSource)
+    service, _ = make_service(tmp_path)
+    report = service.index(source)
+    assert (report.indexed, report.failed) == (2, 0)
+    assert service.store.get("1")["meta"] == {"tag": "a"}  # numeric ids read as text
+    # A folder of images that also holds a Parquet file is a folder of images.
+    (folder / "list.parquet").write_bytes((lake / "part-0.PARQUET").read_bytes())
+    assert not isinstance(open_source(folder, LIMITS.max_bytes), ParquetSource)
