@@ -135,22 +135,6 @@ def test_files_renamed_in_a_ring_keep_every_image(tmp_path: Path) -> None:
         assert service.search_bytes(contents[(i + 1) % 8], k=1)[0].id == f"f{i}.jpg"
 
 
-def test_a_folder_that_lists_no_image_prunes_nothing(tmp_path: Path, folder: Path) -> None:
-    service, _ = make_service(tmp_path)
-    service.index(FolderSource(folder, LIMITS.max_bytes))
-    # The same folder name indexed again, now listing nothing (an unmounted disk, a wrong path):
-    # its images stay; deleting some of its files still prunes them.
-    folder.rename(tmp_path / "elsewhere")
-    folder.mkdir()
-    report = service.index(FolderSource(folder, LIMITS.max_bytes), prune_source=str(folder.resolve()))
-    assert (report.pruned, service.count()) == (0, 7)
-    (tmp_path / "elsewhere" / "p1.jpg").unlink()
-    folder.rmdir()
-    (tmp_path / "elsewhere").rename(folder)
-    report = service.index(FolderSource(folder, LIMITS.max_bytes), prune_source=str(folder.resolve()))
-    assert (report.pruned, service.count()) == (1, 6)
-
-
 def test_a_folder_of_parquet_parts_is_a_parquet_source(tmp_path: Path, folder: Path) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")

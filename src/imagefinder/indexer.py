@@ -285,8 +285,6 @@ class Indexer:
         if any(isinstance(entry, SkippedRow) and entry.incomplete for entry in entries):
             return 0  # part of the source could not be listed: its images are not "deleted"
         listed = {entry.id for entry in entries if isinstance(entry, SourceItem)}
-        if not listed:
-            return 0  # a source that lists nothing is more likely misread than emptied
         stale = [
             image_id
             for image_id, payload in self._store.payload_items()

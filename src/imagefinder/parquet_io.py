@@ -193,7 +193,10 @@ def _checked(batch: Any, dim: int, path: Path, before: int) -> tuple[list[str], 
         if not isinstance(payload, dict):
             raise SourceError(f"{path.name}: a payload is not a JSON object")
         payloads.append(payload)
-    return ids, matrix / norms[:, None], payloads
+    # Vectors from elsewhere may not be unit length; ours are, up to the store's float16 rounding,
+    # and are kept exactly as exported.
+    scale = np.where(np.abs(norms - 1.0) > 1e-3, norms, 1.0).astype(np.float32)
+    return ids, matrix / scale[:, None], payloads
 
 
 def _parts(folder: Path) -> list[Path]:
