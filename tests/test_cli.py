@@ -130,3 +130,22 @@ def test_search_with_a_bad_image_fails_cleanly(indexed: tuple[Path, Path], tmp_p
 def test_index_of_a_missing_path_fails_cleanly(tmp_path: Path) -> None:
     result = run_cli(tmp_path, "index", str(tmp_path / "nowhere"), check=False)
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_global_options_may_follow_the_command(tmp_path: Path, photos: Path, model_cache: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(model_cache, elsewhere / "models")
+    # --home after the command wins over IMAGEFINDER_HOME, as it does before the command.
+    result = run_cli(tmp_path / "unused", "index", str(photos), "--home", str(elsewhere), "--quiet")
+    assert f"report: {elsewhere / 'index'}" in result.stdout
+    query = str(photos / "coffee.png")
+    found = json.loads(run_cli(tmp_path / "unused", "search", query, f"--home={elsewhere}", "--json").stdout)
+    assert found["results"][0]["id"] == "coffee.png"
+    # --model after the command is the group's: another encoder is refused on this index.
+    other = run_cli(elsewhere, "search", query, "--model", "efficientnet-lite0-fp32", check=False)
+    assert other.returncode == 1 and "was built with encoder efficientnet-lite0" in other.stderr
+    # After `--`, an option-like word is an argument again; a missing value is a usage error.
+    missing = run_cli(elsewhere, "search", query, "--home", check=False)
+    assert missing.returncode == 2 and "'--home' requires an argument" in missing.stderr
+    dashed = run_cli(elsewhere, "search", "--", "--home", check=False)
+    assert dashed.returncode == 2 and "'--home' does not exist" in dashed.stderr

@@ -10,12 +10,12 @@ from typing import Any
 
 import click
 
-from imagefinder.cli_support import _settings, _user_errors
+from imagefinder.cli_support import GlobalOptionsGroup, _settings, _user_errors
 from imagefinder.config import Settings
 from imagefinder.threads import single_threaded_blas
 
 
-@click.group()
+@click.group(cls=GlobalOptionsGroup)
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
