@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray bench-install test-wheel clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,20 @@ browser:
 test: install browser audit-tools
 	$(BIN)/ruff check src tests bench tools
 	IMAGEFINDER_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m "not slow"
+
+# The wheel as a user installs it: built with `python -m build`, installed with only the core
+# dependencies into a new virtual environment, then demo-data, index, search and serve used
+# (tools/wheel_smoke.py). .ci/run runs it after make test.
+test-wheel: install
+	rm -rf dist
+	$(BIN)/python -m build --wheel --no-isolation --outdir dist . >/dev/null
+	$(BIN)/python tools/wheel_smoke.py dist/imagefinder-*.whl
+
+# Installed size of the core and of each extra, in new virtual environments (~10 min).
+bench-install: install
+	rm -rf dist
+	$(BIN)/python -m build --wheel --no-isolation --outdir dist . >/dev/null
+	$(BIN)/python tools/install_sizes.py dist/imagefinder-*.whl --out bench/results/install.json
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

