@@ -237,3 +237,20 @@ def test_the_duplicates_view_removes_the_copies_of_a_group_after_a_confirmation(
     ids = [r["id"] for r in found]
     assert ids[0] == "rocket.jpg" and "rocket-crop.jpg" not in ids and "rocket-small.jpg" not in ids
     context.close()
+
+
+def test_before_a_search_the_page_offers_images_to_try_with_one_click(page) -> None:  # type: ignore[no-untyped-def]
+    page.wait_for_selector("#try-list button >> nth=3")
+    buttons = page.locator("#try-list button")
+    assert buttons.count() == 4
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#try-list img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    tried = buttons.nth(1).get_attribute("aria-label").removeprefix("Search for images like ")
+    buttons.nth(1).click()
+    page.wait_for_function(
+        "id => document.querySelector('#query-caption').textContent === 'More like ' + id", arg=tried
+    )
+    page.wait_for_function("() => document.querySelector('#results').getAttribute('aria-busy') === 'false'")
+    assert page.locator("#results li.card").count() > 0
+    assert page.locator("#try").is_hidden()  # it makes way for the results

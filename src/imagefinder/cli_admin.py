@@ -224,9 +224,12 @@ def models(ctx: click.Context) -> None:
 
 @click.command("demo-data")
 @click.argument("target", type=click.Path(file_okay=False, path_type=Path))
-def demo_data(target: Path) -> None:
-    """Write the offline demo collection (real photos shipped with scikit-image) to TARGET."""
-    from imagefinder.demo import write_demo_collection
+@click.option("--photos-only", is_flag=True, help="Only the photos, without their edited copies.")
+def demo_data(target: Path, photos_only: bool) -> None:
+    """Write the offline demo collection to TARGET: real photos shipped with scikit-image, and
+    edited copies of five of them (crops, captions, mirrors, colour, heavy JPEG)."""
+    from imagefinder.demo import write_demo_collection, write_demo_edits
 
     written = write_demo_collection(target)
-    click.echo(f"wrote {len(written)} demo photos to {target}")
+    copies = [] if photos_only else write_demo_edits(target)
+    click.echo(f"wrote {len(written)} demo photos and {len(copies)} edited copies to {target}")

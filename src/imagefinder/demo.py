@@ -1,5 +1,8 @@
 """A small demo collection of real photographs that needs no network: the photos scikit-image
-ships inside its package (its other sample images are downloaded on demand and are skipped)."""
+ships inside its package (its other sample images are downloaded on demand and are skipped), and
+edited copies of a few of them (`make-benchmark`'s edits: crops, captions, mirrors, colour, heavy
+JPEG), so that a first search shows what the tool is for: copies flagged, similar pictures next
+to each other, and duplicate groups."""
 
 from __future__ import annotations
 
@@ -32,6 +35,40 @@ def skimage_data_dir() -> Path:
     import skimage
 
     return Path(skimage.__file__).parent / "data"
+
+
+# Photos that get edited copies in the demo, and the edits (make-benchmark's families).
+EDITED = {
+    "chelsea.png": ("crop", "overlay", "gray"),
+    "coffee.png": ("crop", "jpeg"),
+    "astronaut.png": ("flip", "color"),
+    "rocket.jpg": ("crop", "paste"),
+    "motorcycle_left.png": ("overlay", "jpeg"),
+}
+
+
+def write_demo_edits(target: Path, seed: int = 0) -> list[Path]:
+    """Write the edited copies of `EDITED` photos (already in `target`) as JPEG files named
+    `<photo>-copy-<edit>.jpg`; return the files written."""
+    import random
+
+    from PIL import Image
+
+    from imagefinder.evaluation.benchmark_maker import FAMILIES
+
+    rng = random.Random(seed)
+    written = []
+    for name, edits in EDITED.items():
+        if not (target / name).is_file():
+            continue
+        with Image.open(target / name) as opened:
+            photo = opened.convert("RGB")
+        for edit in edits:
+            copy, _ = FAMILIES[edit](photo, rng)
+            path = target / f"{Path(name).stem}-copy-{edit}.jpg"
+            copy.convert("RGB").save(path, quality=85)
+            written.append(path)
+    return written
 
 
 def write_demo_collection(target: Path) -> list[Path]:

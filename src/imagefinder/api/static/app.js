@@ -115,6 +115,7 @@ function showQuery(src, caption) {
 
 async function runSearch(request) {
   showOnly("search");
+  $("try").hidden = true;
   showError("");
   setStatus("Searching…", true);
   try {
@@ -303,6 +304,34 @@ function route() {
   showOnly("search");
 }
 
+// Before the first search: a few images of the collection, spread over it, to try with one click.
+const TRY_COUNT = 4;
+
+async function offerTries() {
+  try {
+    const body = await api("/images?offset=0&limit=100");
+    if (body.images.length === 0 || !$("query").hidden) return;
+    const step = Math.max(1, Math.floor(body.images.length / TRY_COUNT));
+    const picked = body.images.filter((_, index) => index % step === 0).slice(0, TRY_COUNT);
+    $("try-list").replaceChildren(...picked.map((image) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.setAttribute("aria-label", `Search for images like ${image.id}`);
+      const thumbnail = document.createElement("img");
+      thumbnail.src = imagePath(image.id) + "/thumbnail";
+      thumbnail.alt = "";
+      button.append(thumbnail);
+      button.addEventListener("click", () => searchById(image.id));
+      item.append(button);
+      return item;
+    }));
+    $("try").hidden = false;
+  } catch (error) {
+    // Reads may need an API key: then there is simply nothing to offer.
+  }
+}
+
 async function loadInfo() {
   try {
     const health = await api("/health");
@@ -363,3 +392,4 @@ function wire() {
 wire();
 loadInfo();
 route();
+offerTries();
