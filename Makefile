@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray bench-install test-wheel clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray bench-install bench-int8-cpus test-wheel emulator clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -48,9 +48,16 @@ browser:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
-test: install browser audit-tools
+# The int8 agreement test runs the encoder on an emulated CPU without VNNI: Debian's qemu-user.
+emulator:
+	@command -v qemu-x86_64 >/dev/null || { \
+	  echo "installing qemu-user (Debian package) for the int8 agreement test"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qemu-user >/dev/null; }
+
+test: install browser emulator audit-tools
 	$(BIN)/ruff check src tests bench tools
-	IMAGEFINDER_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -m "not slow"
+	IMAGEFINDER_REQUIRE_BROWSER=1 IMAGEFINDER_REQUIRE_EMULATOR=1 $(BIN)/python -m pytest -q -m "not slow"
 
 # The wheel as a user installs it: built with `python -m build`, installed with only the core
 # dependencies into a new virtual environment, then demo-data, index, search and serve used
@@ -59,6 +66,11 @@ test-wheel: install
 	rm -rf dist
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist . >/dev/null
 	$(BIN)/python tools/wheel_smoke.py dist/imagefinder-*.whl
+
+# The int8 default on an emulated CPU without VNNI next to this one: the 17 demo photos with and
+# without the fix, and the dev benchmark's top-1 (~10 min).
+bench-int8-cpus: install emulator
+	$(BIN)/python bench/int8_cpus.py --out bench/results/int8_cpus.json
 
 # Installed size of the core and of each extra, in new virtual environments (~10 min).
 bench-install: install

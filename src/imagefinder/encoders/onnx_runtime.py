@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -128,4 +129,23 @@ def _session(model_path: Path, threads: int) -> Any:
     # that steals the CPU from the decoding and preprocessing done between runs. Measured on
     # the dev benchmark: indexing 48 -> 59 images/s, a 3-view query 75 -> 46 ms.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not exact_int8_dot_products():
+        # On x86 CPUs without VNNI, ORT's u8s8 kernels add pairs of products in 16 bits, which
+        # saturate: the int8 default's vectors then differ from this project's (measured under
+        # emulation of such a CPU: bench/results/int8_cpus.json). This option makes ORT use exact
+        # (slower) kernels instead; the vectors are then bit-identical to a VNNI CPU's.
+        options.add_session_config_entry("session.x64quantprecision", "1")
     return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def exact_int8_dot_products() -> bool:
+    """Whether ORT's int8 kernels on this CPU are exact without help: x86 CPUs with AVX-512 VNNI
+    (as cpuid reports it, read by numpy: under an emulator this is the emulated CPU, where
+    /proc/cpuinfo would be the host's), or CPUs that are not x86. When unsure: no."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True  # the option concerns x86 kernels only
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        return False
+    return bool(__cpu_features__.get("AVX512VNNI"))
