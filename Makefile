@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray bench-install bench-int8-cpus test-wheel emulator clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray bench-install bench-int8-cpus bench-cli-search test-wheel emulator clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,10 @@ test-wheel: install
 # without the fix, and the dev benchmark's top-1 (~10 min).
 bench-int8-cpus: install emulator
 	$(BIN)/python bench/int8_cpus.py --out bench/results/int8_cpus.json
+
+# Repeated CLI searches: in their own process vs answered by a running `serve` (~1 min).
+bench-cli-search: install
+	$(BIN)/python bench/cli_search.py --out bench/results/cli_search.json
 
 # Installed size of the core and of each extra, in new virtual environments (~10 min).
 bench-install: install

@@ -149,3 +149,43 @@ def test_global_options_may_follow_the_command(tmp_path: Path, photos: Path, mod
     assert missing.returncode == 2 and "'--home' requires an argument" in missing.stderr
     dashed = run_cli(elsewhere, "search", "--", "--home", check=False)
     assert dashed.returncode == 2 and "'--home' does not exist" in dashed.stderr
+
+
+def _searches_answered(base: str) -> float:
+    import httpx
+
+    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    labels = ('route="/search"', 'status="200"')
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("imagefinder_requests_total{") and all(label in line for label in labels)
+    )
+
+
+def test_a_cli_search_is_answered_by_the_server_serving_the_same_index(
+    tmp_path: Path, photos: Path, model_cache: Path
+) -> None:
+    from tests.live import live_server
+
+    home = tmp_path / "home"
+    query = str(photos / "coffee.png")
+    with live_server(home, photos, model_cache) as base:
+        record = json.loads((home / "serve.json").read_text())
+        assert record["url"] == base
+        before = _searches_answered(base)
+        via_server = json.loads(run_cli(home, "search", query, "-k", "4", "--json").stdout)
+        assert _searches_answered(base) == before + 1  # the server answered it
+        in_process = json.loads(run_cli(home, "search", query, "-k", "4", "--json", "--no-server").stdout)
+        assert _searches_answered(base) == before + 1
+        assert via_server == in_process  # the same answer either way
+        # Another index's search is not sent there; a k above the server's limit falls back here.
+        other = run_cli(home, "--store", str(tmp_path / "other"), "search", query, "--json")
+        assert json.loads(other.stdout)["results"] == []
+        many = json.loads(run_cli(home, "search", query, "-k", "500", "--json").stdout)
+        assert len(many["results"]) == len(list(photos.iterdir()))
+        assert _searches_answered(base) == before + 1
+    assert not (home / "serve.json").exists()  # removed when the server stopped
+    # A record left by a server that was killed is ignored.
+    (home / "serve.json").write_text(json.dumps({**record, "pid": 4_000_000}))
+    assert json.loads(run_cli(home, "search", query, "--json").stdout)["results"][0]["id"] == "coffee.png"

@@ -176,6 +176,12 @@ def _ray_cluster(settings: Settings, address: str | None) -> Any:
     help="single: one encoder run; adaptive: a second pass with 7 more views when no copy is found "
     "(default: IMAGEFINDER_QUERY_VIEWS).",
 )
+@click.option(
+    "--no-server",
+    is_flag=True,
+    help="Search in this process even when `imagefinder serve` is serving the same index (by default "
+    "the running server answers, which spares loading the model again).",
+)
 @click.pass_context
 @_user_errors
 def search(
@@ -186,8 +192,10 @@ def search(
     as_json: bool,
     where: tuple[str, ...],
     views: str | None,
+    no_server: bool,
 ) -> None:
     """Print the k indexed images most similar to IMAGE (or matching --text), best first."""
+    from imagefinder.cli_server_search import search_via_server
     from imagefinder.wiring import build_service
 
     if (image is None) == (text is None):
@@ -199,29 +207,33 @@ def search(
         fields = parse_where(where)
     except InvalidFilterError as exc:
         raise click.UsageError(f"--{exc}") from None
-    service = build_service(_settings(ctx))
-    try:
-        if text is not None:
-            results = service.search_text(text, k, where=fields)
-        else:
-            assert image is not None
-            results = service.search_bytes(image.read_bytes(), k, str(image), where=fields, views=views)  # type: ignore[arg-type]
-        model = service.model
-        threshold = service.copy_threshold
-    finally:
-        service.close()
+    settings = _settings(ctx)
+    answer = None
+    if image is not None and not no_server:
+        answer = search_via_server(settings, image, k, fields, views)
+    if answer is None:
+        service = build_service(settings)
+        try:
+            if text is not None:
+                results = service.search_text(text, k, where=fields)
+            else:
+                assert image is not None
+                results = service.search_bytes(image.read_bytes(), k, str(image), where=fields, views=views)  # type: ignore[arg-type]
+            answer = {
+                "model": {"name": service.model.name, "version": service.model.version},
+                "copy_threshold": service.copy_threshold,
+                "results": [r.to_dict() for r in results],
+            }
+        finally:
+            service.close()
     if as_json:
-        payload = {
-            "model": {"name": model.name, "version": model.version},
-            "copy_threshold": threshold,
-            "results": [r.to_dict() for r in results],
-        }
-        click.echo(json.dumps(payload, indent=1))
+        click.echo(json.dumps(answer, indent=1))
         return
-    if not results:
+    if not answer["results"]:
         click.echo("the index is empty")
-    for rank, result in enumerate(results, 1):
-        click.echo(f"{rank:>3}  {result.score:.4f}  {'copy' if result.is_copy else '    '}  {result.id}")
+    for rank, result in enumerate(answer["results"], 1):
+        flag = "copy" if result["is_copy"] else "    "
+        click.echo(f"{rank:>3}  {result['score']:.4f}  {flag}  {result['id']}")
 
 
 @main.command()
@@ -313,10 +325,12 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the HTTP API. It answers /health at once and loads the model and the index in the
     background; /ready (and every search) answers 503 until they are loaded."""
     import logging
+    import signal
 
     import uvicorn
 
     from imagefinder.api import create_app
+    from imagefinder.cli_server_search import forget_server, record_server
     from imagefinder.wiring import build_service, image_limits, serving_token
 
     settings = _settings(ctx)
@@ -331,7 +345,15 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     click.echo(f"Serving on http://{api.host}:{api.port}  (API docs: http://{api.host}:{api.port}/docs)")
     if api.host not in ("127.0.0.1", "localhost", "::1") and not api.api_keys:
         click.echo("warning: listening beyond this machine with no API key: anyone can add and delete")
-    uvicorn.run(app, host=api.host, port=api.port, log_level="info")
+    # So that `imagefinder search` on this index asks this server instead of loading it again.
+    record = record_server(settings, api.host, api.port)
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again: exit through the
+    # `finally` below then, instead of dying with the record left behind.
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
+    try:
+        uvicorn.run(app, host=api.host, port=api.port, log_level="info")
+    finally:
+        forget_server(record)
 
 
 def _register_commands() -> None:
