@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray bench-install bench-int8-cpus bench-cli-search test-wheel emulator clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray bench-install bench-int8-cpus bench-cli-search test-wheel docs emulator clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,12 @@ bench-install: install
 	rm -rf dist
 	$(BIN)/python -m build --wheel --no-isolation --outdir dist . >/dev/null
 	$(BIN)/python tools/install_sizes.py dist/imagefinder-*.whl --out bench/results/install.json
+
+# The documentation: the generated pages (configuration, benchmarks, API reference) written again,
+# then MkDocs in strict mode into site/.
+docs: install
+	$(BIN)/python tools/gen_docs.py
+	$(BIN)/python -m mkdocs build --strict
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

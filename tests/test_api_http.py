@@ -211,9 +211,9 @@ def test_partial_blobs_of_a_killed_write_are_swept_when_the_store_opens(tmp_path
     assert len(list(tmp_path.rglob("*.jpg"))) == 1
 
 
-def test_the_error_table_the_readme_and_the_openapi_document_agree(tmp_path: Path) -> None:
-    """Every code the README documents is in the handlers' table with the same status, every code
-    of the table is documented and appears in the OpenAPI document, and each route's error
+def test_the_error_table_the_docs_and_the_openapi_document_agree(tmp_path: Path) -> None:
+    """Every code the documentation (docs/api.md) lists is in the handlers' table with the same
+    status, every code of the table is documented and appears in the OpenAPI document, and each route's error
     responses use the one error shape (not FastAPI's default 422 body)."""
     from imagefinder.api import create_app
     from imagefinder.api.errors import ANY_ROUTE, CODES
@@ -223,7 +223,7 @@ def test_the_error_table_the_readme_and_the_openapi_document_agree(tmp_path: Pat
     from imagefinder.wiring import compose_service
     from tests.factories import FakeEncoder
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
     documented = {
         code: int(status) for status, code in re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", readme, re.M)
     }

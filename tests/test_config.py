@@ -6,11 +6,11 @@ import pytest
 
 from imagefinder.config import Settings, env_var_names
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CONFIGURATION = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
-def test_every_setting_is_documented_in_the_readme() -> None:
-    text = README.read_text()
+def test_every_setting_is_documented() -> None:
+    text = CONFIGURATION.read_text()
     missing = [name for name in env_var_names() if f"`{name}`" not in text]
     assert missing == []
 
