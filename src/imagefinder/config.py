@@ -1,7 +1,7 @@
 """Typed settings from environment variables (prefix `IMAGEFINDER_`, nested with `__`) and flags.
 
 Build one `Settings` at the entry point and pass it in; nothing reads a module-global instance.
-Every field has a description: `tests/test_config.py` checks that the README documents each one.
+Every field has a description: docs/configuration.md is generated from them (tools/gen_docs.py).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ LITE0_INFO = EncoderInfo(
     preprocessing=f"short side {SHORT_SIDE} bicubic, centre crop {CROP}, (x-127)/128; GeM p=3; L2",
 )
 # The same network quantised to int8 (see `ensure_lite0_int8_onnx`): about 1.7x faster on this
-# project's CPUs at equal retrieval quality on the dev benchmark (README, "Encoder precision").
+# project's CPUs at equal retrieval quality on the dev benchmark (docs/quality.md, "Encoder precision").
 # Its vectors differ slightly from fp32 ones, so it is another version: an index built with one is
 # refused by the other. Change it with LITE0_INFO's version, or when the calibration changes:
 # "2-int8" was calibrated on images resized, then cropped; "2-int8-2" on the centre crop resampled

@@ -23,7 +23,7 @@ def quantise_static(
     """Write an int8 copy of the ONNX model `fp32` to `target`: weights per output channel,
     activations with MinMax ranges over the `calibration` images ((3, h, w) arrays, preprocessed
     as the encoder's input). MinMax keeps the quantisation deterministic; percentile and entropy
-    calibration scored no better on the dev benchmark (see README, "Encoder precision")."""
+    calibration scored no better on the dev benchmark (see docs/quality.md, "Encoder precision")."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,

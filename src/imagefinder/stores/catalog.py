@@ -65,7 +65,7 @@ class Catalog:
     def __init__(self, path: Path, vector_dtype: VectorDtype = "float16") -> None:
         self.path = path
         # Vectors are kept for exact re-scoring, refits and migration. float16 halves the disk
-        # (5 KB -> 2.5 KB per image at 1280-d) and moves scores by under 1e-3 (README, "Disk");
+        # (5 KB -> 2.5 KB per image at 1280-d) and moves scores by under 1e-3 (docs/scaling.md, "Disk");
         # rows written as float32 by earlier versions are read as they are.
         self._dtype = np.dtype(vector_dtype)
         self.dim = 0  # the encoder's dimension, set by the store: how a blob's length is read

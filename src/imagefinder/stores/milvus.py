@@ -18,7 +18,7 @@ collection holds what each index records about itself (encoder, schema version, 
   encoder's vectors and finds `rerank` raw-cosine candidates per view, which are then scored in
   the space's whitened projection, so scores and the copy threshold mean what they mean in the
   embedded store. Stored vectors never depend on a fit: a refit rewrites nothing, and `migrate`
-  moves the same vectors both ways. Why this and not projected vectors: README, "Milvus".
+  moves the same vectors both ways. Why this and not projected vectors: docs/scaling.md, "Milvus".
 - Writes go in batches; transient errors (server restarting, timeouts) are retried with backoff;
   a server that stays unreachable raises StoreUnavailableError naming the URI (API: 503).
 
