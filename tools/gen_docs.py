@@ -3,7 +3,9 @@
 - docs/configuration.md from the settings (`imagefinder.config.Settings`: every variable, its
   default and its description);
 - docs/benchmarks.md from the benchmark results (`bench/results/*.json`);
-- docs/reference/openapi.md from the API's OpenAPI document (every route and its summary).
+- docs/reference/openapi.md from the API's OpenAPI document (every route and its summary);
+- the benchmark tables inside the written pages, between `<!-- generated:NAME -->` and
+  `<!-- end generated:NAME -->` markers, from the results files their text cites.
 
 usage: python tools/gen_docs.py          write them
        python tools/gen_docs.py --check  exit 1 when a written page differs from what it would be
@@ -207,6 +209,105 @@ def openapi() -> str:
     return "\n".join(lines)
 
 
+def duplicates_quality() -> list[str]:
+    rows = _load("duplicates.json")["quality"]["rows"]  # type: ignore[index]
+    labels = {
+        "imagefinder": "**ImageFinder**, defaults (calibrated threshold, second look)",
+        "imagefinder-single-view": "ImageFinder, stored vectors only (`--views single`)",
+        "imagededup-phash": "imagededup PHash, documented default (distance 10)",
+        "imagededup-dhash": "imagededup DHash, documented default",
+        "fastdup": "fastdup, defaults, connected components",
+    }
+    lines = [
+        "| dev near-duplicate benchmark | precision | recall | pairwise F1 |",
+        "| --- | --- | --- | --- |",
+    ]
+    for key, label in labels.items():
+        row = rows.get(key)
+        if row and "f1" in row:
+            lines.append(f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} |")
+    return lines
+
+
+def duplicates_calibration() -> list[str]:
+    calibration = _load("duplicates.json")["calibration"]  # type: ignore[index]
+    labels = {
+        "copy-free": "photos, no copies",
+        "small": "photos (small)",
+        "copy-rich": "images: photos and copies of them",
+    }
+    lines = [
+        "| collection | copy threshold | precision | recall | outside photos flagged "
+        "| old rule: threshold, precision, recall, outside flagged |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, label in labels.items():
+        row = calibration[key]
+        flag, old = row["flag"], row["old_rule_flag"]
+        lines.append(
+            f"| {row['images']} {label} | {row['copy_threshold']:.2f} | {flag['precision']:.2f} "
+            f"| {flag['recall']:.2f} | {flag['outside_flagged']:.0%} | {row['old_rule_threshold']:.2f}, "
+            f"{old['precision']:.2f}, {old['recall']:.2f}, {old['outside_flagged']:.0%} |"
+        )
+    return lines
+
+
+def _two(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def finetune() -> list[str]:
+    results = _load("finetune.json")
+    assert results is not None
+    lines = [
+        "| task, training | query views | recall@1 | mAP | micro-AP | paste | combo_hard "
+        "| encoder runs per query |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    near = results["near_duplicate"]
+    for model, label in (("base", "base (ImageNet)"), ("finetuned", "self-supervised")):
+        for views in ("adaptive", "single"):
+            row = near[model][views]
+            family = row.get("per_family_recall@1", {})
+            lines.append(
+                f"| near-duplicate, {label} | {views} | {row['recall@1']:.3f} | {row['mAP']:.3f} "
+                f"| {row['uAP']:.3f} | {_two(family.get('paste'))} | {_two(family.get('combo_hard'))} "
+                f"| {row['encoder_runs_per_query']:.2f} |"
+            )
+    same = results["same_class"]
+    for loss, label in (("supcon", "SupCon"), ("proxy", "proxy softmax")):
+        models = (("base", "base"), ("finetuned", f"supervised ({label})"))
+        for model, name in models if loss == "supcon" else models[1:]:
+            for views in ("adaptive", "single"):
+                row = same[loss][model][views]
+                lines.append(
+                    f"| same-class, {name} | {views} | {row['recall@1']:.3f} | {row['mAP']:.3f} "
+                    f"| {row['uAP']:.3f} | | | {row['encoder_runs_per_query']:.2f} |"
+                )
+    return lines
+
+
+# Tables inside written pages: (page, name) -> the table's lines.
+REGIONS: dict[tuple[str, str], Callable[[], list[str]]] = {
+    ("duplicates.md", "duplicates-quality"): duplicates_quality,
+    ("duplicates.md", "duplicates-calibration"): duplicates_calibration,
+    ("models.md", "finetune"): finetune,
+}
+
+
+def with_regions(page: str, text: str) -> str:
+    for (name_page, name), build in REGIONS.items():
+        if name_page != page:
+            continue
+        start, end = f"<!-- generated:{name} -->", f"<!-- end generated:{name} -->"
+        if start not in text or end not in text:
+            raise SystemExit(f"docs/{page}: the markers of {name} are missing")
+        before, rest = text.split(start, 1)
+        _, after = rest.split(end, 1)
+        text = before + start + "\n" + "\n".join(build()) + "\n" + end + after
+    return text
+
+
 PAGES: dict[str, Callable[[], str]] = {
     "configuration.md": configuration,
     "benchmarks.md": benchmarks,
@@ -221,7 +322,10 @@ def main() -> None:
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
     stale = []
-    for name, build in PAGES.items():
+    pages = {**PAGES}
+    for page in {page for page, _ in REGIONS}:
+        pages[page] = lambda page=page: with_regions(page, (DOCS / page).read_text())  # type: ignore[misc]
+    for name, build in pages.items():
         path = DOCS / name
         text = build()
         if args.check:
