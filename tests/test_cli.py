@@ -185,7 +185,19 @@ def test_a_cli_search_is_answered_by_the_server_serving_the_same_index(
         many = json.loads(run_cli(home, "search", query, "-k", "500", "--json").stdout)
         assert len(many["results"]) == len(list(photos.iterdir()))
         assert _searches_answered(base) == before + 1
-    assert not (home / "serve.json").exists()  # removed when the server stopped
-    # A record left by a server that was killed is ignored.
-    (home / "serve.json").write_text(json.dumps({**record, "pid": 4_000_000}))
-    assert json.loads(run_cli(home, "search", query, "--json").stdout)["results"][0]["id"] == "coffee.png"
+        # This command's views setting is sent along: the same answer as in-process with it.
+        single = {**os.environ, "IMAGEFINDER_QUERY_VIEWS": "single"}
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "environ", single)
+            served = json.loads(run_cli(home, "search", query, "-k", "4", "--json").stdout)
+            here = json.loads(run_cli(home, "search", query, "-k", "4", "--json", "--no-server").stdout)
+        assert served == here and _searches_answered(base) == before + 2
+        # A record whose process is gone is ignored, even when its address answers.
+        finished = subprocess.Popen(["true"])
+        finished.wait()
+        original = (home / "serve.json").read_text()
+        (home / "serve.json").write_text(json.dumps({**record, "pid": finished.pid}))
+        assert json.loads(run_cli(home, "search", query, "--json").stdout)["results"][0]["id"] == "coffee.png"
+        assert _searches_answered(base) == before + 2
+        (home / "serve.json").write_text(original)
+    assert not (home / "serve.json").exists()  # removed when the server stopped (SIGTERM)

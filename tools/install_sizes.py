@@ -4,8 +4,9 @@ environment (MB on disk, `du`), written to bench/results/install.json.
 - core_mb: a new venv with the wheel and its core dependencies, less the empty venv it started
   from (pip and setuptools);
 - extras_mb[name]: what `pip install 'imagefinder[name]'` adds on top of the core, in its own venv.
-  torch, where an extra needs it, is the CPU build (`torch==2.13.0`, installed first): an unpinned
-  torch from PyPI is a CUDA build several GB larger, which is what a GPU user would choose anyway;
+  torch, where an extra needs it, is installed first as `torch==2.13.0`, which this project's
+  machines resolve to a local CPU wheel (elsewhere, PyPI's Linux x86_64 torch is a CUDA build
+  several GB larger: use PyTorch's CPU index for the same figure);
 - dev_environment_mb: the development environment `make install` builds (every extra and the test tools),
   for comparison with the 2.1 GB every install used to be.
 
@@ -69,7 +70,7 @@ def main() -> None:
         "core_mb": round(core - empty, 1),
         "extras_mb": extras,
         "empty_venv_mb": empty,
-        "torch": f"{TORCH_CPU} (CPU build) for the extras that need torch",
+        "torch": f"{TORCH_CPU} installed first for the extras that need torch (a local CPU wheel here)",
         "dev_environment_mb": today,
         "dev_environment": "make install: every extra, the Milvus server and the test tools",
         "wheel": Path(wheel).name,

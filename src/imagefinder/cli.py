@@ -325,6 +325,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
     """Serve the HTTP API. It answers /health at once and loads the model and the index in the
     background; /ready (and every search) answers 503 until they are loaded."""
     import logging
+    import os
     import signal
 
     import uvicorn
@@ -347,13 +348,25 @@ def serve(ctx: click.Context, host: str | None, port: int | None) -> None:
         click.echo("warning: listening beyond this machine with no API key: anyone can add and delete")
     # So that `imagefinder search` on this index asks this server instead of loading it again.
     record = record_server(settings, api.host, api.port)
-    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again: exit through the
-    # `finally` below then, instead of dying with the record left behind.
-    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
+
+    def terminated(sig: int, frame: object) -> None:
+        raise _Terminated
+
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again: leave through the
+    # `finally` below (removing the record), then end by SIGTERM as before.
+    signal.signal(signal.SIGTERM, terminated)
     try:
         uvicorn.run(app, host=api.host, port=api.port, log_level="info")
+    except _Terminated:
+        forget_server(record)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
     finally:
         forget_server(record)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived after uvicorn's own graceful shutdown."""
 
 
 def _register_commands() -> None:

@@ -83,6 +83,12 @@ def finetune(ctx: click.Context, apply: bool, allow_missing: bool, quiet: bool, 
     """Fine-tune the encoder on the indexed images; register the result in MLflow."""
     from tqdm import tqdm
 
+    from imagefinder.errors import ModelUnavailableError
+
+    try:
+        import torch  # noqa: F401 - only to say early, and clearly, what is missing
+    except ImportError:
+        raise ModelUnavailableError("fine-tuning needs torch: pip install 'imagefinder[export]'") from None
     from imagefinder.finetune import FinetuneOptions, FineTuner
     from imagefinder.wiring import build_service, image_reader, mlflow_tracker
 

@@ -30,6 +30,13 @@ class GlobalOptionsGroup(click.Group):
         command = self.get_command(ctx, args[position])
         assert command is not None
         own = {name for param in command.params for name in param.opts + param.secondary_opts}
+        # The command's own options that take a value: the token after one is that value.
+        own_values = {
+            name
+            for param in command.params
+            if isinstance(param, click.Option) and not param.is_flag and not param.count
+            for name in param.opts
+        }
         takes_value = {
             name: not param.is_flag
             for param in self.params
@@ -45,11 +52,19 @@ class GlobalOptionsGroup(click.Group):
                 rest += [arg, *tail]
                 break
             name = arg.split("=", 1)[0]
+            if arg in own_values:
+                value = next(tail, None)
+                rest += [arg] if value is None else [arg, value]
+                continue
             if name in takes_value and name.startswith("--"):
                 moved.append(arg)
                 if takes_value[name] and "=" not in arg:
                     value = next(tail, None)
                     if value is None:
+                        if ctx.resilient_parsing:  # shell completion of the value: leave it be
+                            moved.pop()
+                            rest.append(arg)
+                            break
                         raise click.UsageError(f"Option '{name}' requires an argument.", ctx)
                     moved.append(value)
             else:

@@ -46,8 +46,13 @@ def _quiet_transformers() -> None:
 
 def load_hf_encoder(ref: str, cache_dir: Path, pooling: str = "auto", device: str = "auto") -> Any:
     """Load `ref` (a Hub id or a folder written by `save_pretrained`) as an Encoder."""
-    import torch
-    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+    try:
+        import torch
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel
+    except ImportError:
+        raise ModelUnavailableError(
+            "Hugging Face models need transformers and torch: pip install 'imagefinder[huggingface]'"
+        ) from None
 
     _quiet_transformers()
     # huggingface_hub reads HF_HUB_OFFLINE once, when first imported; honour it as it is now, so

@@ -5,8 +5,8 @@ model that is the default ships inside ImageFinder (`encoders/models/`, built by
 and checked against it by the tests), so serving needs neither torch nor the weights package: the
 first use copies it into `<cache_dir>`. Building from the weights (the fp32 model, fine-tuning, or
 checking the shipped file) needs the `export` extra: the export to
-`<cache_dir>/efficientnet-lite0-v<version>.onnx` takes about 2 s, the int8 quantisation
-(`efficientnet-lite0-v<int8 version>.onnx`) about 6 s; every later start only loads the file.
+`<cache_dir>/efficientnet-lite0-v<version>.onnx` and the int8 quantisation
+(`efficientnet-lite0-v<int8 version>.onnx`) each happen once; every later start loads the file.
 
 Preprocessing (TensorFlow Lite reference): short side to 256 px (bicubic), centre crop 224 x 224,
 each channel (x - 127) / 128. Embedding: generalised-mean (GeM, p=3) pool of the 1280-channel last
@@ -94,9 +94,12 @@ def ensure_lite0_int8_onnx(cache_dir: Path) -> Path:
     """Return the cached int8 ONNX file: a copy of the shipped one, checked by its SHA-256 (or,
     without it, one quantised from the fp32 model here, which needs the export extra)."""
     target = cache_dir / f"{LITE0_INT8_INFO.name}-v{LITE0_INT8_INFO.version}.onnx"
-    if target.exists():
+    if target.exists() and (not SHIPPED_INT8.is_file() or file_sha256(target) == SHIPPED_INT8_SHA256):
         return target
     if SHIPPED_INT8.is_file():
+        # A cached file that differs from the shipped one (damaged, or built by an older recipe
+        # under the same version) is replaced: every install serves the same model.
+        target.unlink(missing_ok=True)
 
         def copy(partial_path: Path) -> None:
             shutil.copyfile(SHIPPED_INT8, partial_path)

@@ -34,7 +34,9 @@ class MilvusCalls:
         self._retries = retries
         try:
             from pymilvus import MilvusClient
-
+        except ImportError:
+            raise StoreError("the Milvus store needs its client: pip install 'imagefinder[milvus]'") from None
+        try:
             self.client = MilvusClient(uri=server, timeout=timeout_s)
         except Exception as exc:  # noqa: BLE001  (pymilvus raises several kinds on connect)
             raise StoreUnavailableError(f"cannot reach Milvus at {server}: {first_line(exc)}") from None
