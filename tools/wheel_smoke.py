@@ -69,7 +69,8 @@ def main() -> None:
         for key, value in os.environ.items()
         if not key.startswith(("IMAGEFINDER_", "VIRTUAL_ENV", "PYTHONPATH"))
     }
-    env.update({"IMAGEFINDER_HOME": str(work / "home"), "IMAGEFINDER_TRACKING__ENABLED": "false"})
+    # Tracking on, as a first run has it: the MLflow run and the encoder registered on `index`.
+    env.update({"IMAGEFINDER_HOME": str(work / "home")})
     step("new virtual environment", [sys.executable, "-m", "venv", str(venv)], env)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--quiet"]
     step("pip install the wheel (core only)", [*pip, "install", str(args.wheel.resolve())], env, timeout=1800)
@@ -89,7 +90,10 @@ def main() -> None:
         raise SystemExit(1)
     photos = work / "photos"
     step("imagefinder demo-data", [*cli, "demo-data", str(photos)], env)
-    step("imagefinder index", [*cli, "index", str(photos), "--quiet"], env)
+    indexed = step("imagefinder index", [*cli, "index", str(photos), "--quiet"], env)
+    if "encoder models:/imagefinder-encoder/1" not in indexed:
+        print(f"FAILED index did not register the encoder in MLflow:\n{indexed}")  # noqa: T201
+        raise SystemExit(1)
     query = sorted(p for p in photos.iterdir() if p.suffix == ".png")[0]
     found = json.loads(step("imagefinder search", [*cli, "search", str(query), "--json"], env))
     if found["results"][0]["id"] != query.name:
