@@ -12,6 +12,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -61,6 +62,15 @@ def looks_like_image(head: bytes) -> bool:
 def content_hash(data: bytes) -> str:
     """SHA-256 of the file bytes: the identity used to find duplicate content."""
     return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file read in blocks (a model file need not be in memory at once)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def decode_image(

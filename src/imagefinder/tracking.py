@@ -11,7 +11,6 @@ mlflow is imported only inside this module's functions (and `encoders.pyfunc`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from imagefinder.errors import ModelUnavailableError, TrackingError
+from imagefinder.images import file_sha256
 from imagefinder.processes import process_alive
 
 log = logging.getLogger(__name__)
@@ -330,14 +330,6 @@ class MlflowTracker:
 def metric_key(name: str) -> str:
     """MLflow metric names allow letters, digits and _-./ and spaces: recall@1 -> recall_at_1."""
     return name.replace("@", "_at_")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now_ms() -> int:

@@ -16,7 +16,6 @@ feature map, L2-normalised, so cosine similarity is a dot product.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from imagefinder.encoders.base import EncoderInfo
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
 from imagefinder.encoders.preprocess import resize_crop_normalise
 from imagefinder.errors import ModelUnavailableError
+from imagefinder.images import file_sha256
 
 SHORT_SIDE = 256
 CROP = 224
@@ -108,14 +108,6 @@ def ensure_lite0_int8_onnx(cache_dir: Path) -> Path:
 
         return _build_once(target, copy)
     return build_lite0_int8_onnx(cache_dir)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_lite0_int8_onnx(cache_dir: Path) -> Path:
