@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dev_benchmark.json")
     parser.add_argument(
-        "--query-views", choices=["single", "adaptive"], help="Override IMAGEFINDER_QUERY_VIEWS."
+        "--query-views", choices=["single", "adaptive", "thorough"], help="Override IMAGEFINDER_QUERY_VIEWS."
     )
     parser.add_argument("--encoder", help="Override IMAGEFINDER_ENCODER (e.g. efficientnet-lite0-fp32).")
     parser.add_argument(

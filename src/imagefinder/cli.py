@@ -172,8 +172,9 @@ def _ray_cluster(settings: Settings, address: str | None) -> Any:
 )
 @click.option(
     "--views",
-    type=click.Choice(["single", "adaptive"]),
+    type=click.Choice(["single", "adaptive", "thorough"]),
     help="single: one encoder run; adaptive: a second pass with 7 more views when no copy is found "
+    "and the query looks framed, pasted or turned; thorough: that pass whenever no copy is found "
     "(default: IMAGEFINDER_QUERY_VIEWS).",
 )
 @click.option(

@@ -146,12 +146,14 @@ class Settings(BaseSettings):
     decode_workers: int = Field(
         2, ge=1, le=64, description="Threads decoding and preprocessing images while indexing."
     )
-    query_views: Literal["single", "adaptive"] = Field(
+    query_views: Literal["single", "adaptive", "thorough"] = Field(
         "adaptive",
-        description="adaptive: when a query finds no copy, search again with 7 more views of it "
+        description="adaptive: when a query finds no copy and looks framed, pasted or turned (a gate "
+        "learned on the collection's own images decides), search again with 7 more views of it "
         "(mirrored and turned, four corners and the centre), which finds copies pasted into other "
-        "pictures, screenshots and rotated copies; 8 encoder runs for such queries instead of 1. "
-        "single: one encoder run per query.",
+        "pictures, screenshots and rotated copies at 8 encoder runs; other queries take 1. "
+        "thorough: that second pass for every query that finds no copy. single: one encoder run "
+        "per query.",
     )
     whitening: float = Field(
         0.25,

@@ -1,21 +1,28 @@
-"""Keeping an index fit to search: its search space (the whitening learned from the collection and
-the copy threshold calibrated in it) and its provenance (the MLflow run and registered model
-version that built it).
+"""Keeping an index fit to search: its search space (the whitening learned from the collection, the
+copy threshold calibrated in it, the gate of the second query pass) and its provenance (the MLflow
+run and registered model version that built it).
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 
 from imagefinder.calibration import calibrate
-from imagefinder.encoders.base import Encoder
-from imagefinder.errors import EncoderMismatchError
+from imagefinder.encoders.base import Encoder, embed_images
+from imagefinder.errors import EncoderMismatchError, FetchError, ImageError, SourceError
 from imagefinder.search_space import SearchSpace
 from imagefinder.stores.base import VectorStore
 from imagefinder.tracking import ModelRecord
+from imagefinder.view_gate import MIN_IMAGES, SAMPLE, encoder_key, fit_view_gate
+
+if TYPE_CHECKING:  # training.data imports the evaluation runner, which imports the service
+    from imagefinder.training.data import ImageReader
 from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, REGULARISATION, fit_whitening
 
 # Up to this size the whitening is learned again after every index run (seconds at most);
@@ -35,16 +42,19 @@ class Maintenance:
         store: VectorStore,
         whitening: float = DEFAULT_POWER,
         search_dims: int = DEFAULT_DIMS,
+        reader: ImageReader | None = None,
     ) -> None:
         self.encoder = encoder
         self.store = store
         self._whitening = whitening
         self._search_dims = search_dims
+        self._reader = reader  # reads images again for the view gate; None: no gate is fitted
 
     def refit(self, force: bool = False) -> None:
         """Learn the whitening from the collection as it is now (see REFIT_ALWAYS_UP_TO), then the
-        copy threshold in the whitened space, and make them the store's search space. After each
-        index run; single API adds use the current fit."""
+        copy threshold in the whitened space, and the view gate when the space has none for this
+        encoder, and make them the store's search space. After each index run; single API adds
+        use the current fit."""
         space = self.store.search_space
         n = self.store.count()
         drifted = not (space.fitted_on / 1.25 <= n <= space.fitted_on * 1.25)
@@ -53,7 +63,7 @@ class Maintenance:
         sample = self.store.vectors(limit=FIT_SAMPLE)
         if force or n <= REFIT_ALWAYS_UP_TO or drifted or space.fitted_with != fitted_with:
             space = space.fitted(fit_whitening(sample, self._whitening, self._search_dims), n, fitted_with)
-        self.store.set_search_space(self._calibrated(space, sample))
+        self.store.set_search_space(self._with_view_gate(self._calibrated(space, sample), n))
 
     def calibrate(self) -> float:
         """Recompute the "is this a copy?" threshold from the collection (see `calibration`)."""
@@ -71,6 +81,39 @@ class Maintenance:
 
         thresholds = calibrate(sample, space.project, fit)
         return space.calibrated(thresholds.copy, thresholds.duplicate)
+
+    def _with_view_gate(self, space: SearchSpace, count: int) -> SearchSpace:
+        """`space` with a view gate for this encoder, fitted on up to `view_gate.SAMPLE` of the
+        collection's images read again; unchanged when it has one, when no reader was given, or
+        when fewer than `view_gate.MIN_IMAGES` images can be read."""
+        info = self.encoder.info
+        key = encoder_key(info.name, info.version, info.dim)
+        if self._reader is None or count < MIN_IMAGES or space.gate_for(key) is not None:
+            return space
+        images = self._gate_images()
+        if len(images) < MIN_IMAGES:
+            return space
+        gate = fit_view_gate(images, lambda views: embed_images(self.encoder, views), key)
+        return space.with_view_gate(gate)
+
+    def _gate_images(self) -> list[Image.Image]:
+        """Up to SAMPLE of the collection's images, drawn with a fixed seed; images that can no
+        longer be read are passed over (at most a few times SAMPLE are tried)."""
+        assert self._reader is not None
+        ids = self.store.ids()
+        tried = random.Random(0).sample(ids, min(len(ids), 3 * SAMPLE))
+        images: list[Image.Image] = []
+        for image_id in tried:
+            payload = self.store.get(image_id)
+            if payload is None:
+                continue
+            try:
+                images.append(self._reader.decode(self._reader.read(image_id, payload), image_id))
+            except (SourceError, FetchError, ImageError):
+                continue
+            if len(images) == SAMPLE:
+                break
+        return images
 
     # -- provenance (MLflow) ---------------------------------------------------------------
 

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from imagefinder.calibration import DEFAULT_THRESHOLD
 from imagefinder.errors import StoreError
+from imagefinder.view_gate import ViewGate
 
 # whitened = l2n((x - mean) @ matrix)
 Projection = tuple[NDArray[np.float32], NDArray[np.float32]]
@@ -49,6 +50,9 @@ class SearchSpace:
     # were in the fit, so their scores are not inflated the way a new image's can be in a space
     # learned from few images (see `calibration`). None: the copy threshold.
     duplicate_threshold: float | None = None
+    # When a query that found no copy is worth a second pass (`imagefinder.view_gate`); it reads
+    # raw encoder vectors, so it outlives refits of the projection. None: always worth it.
+    view_gate: ViewGate | None = None
 
     @property
     def in_collection_threshold(self) -> float:
@@ -81,6 +85,14 @@ class SearchSpace:
             version=self.new_version(),
         )
 
+    def with_view_gate(self, gate: ViewGate) -> SearchSpace:
+        return replace(self, view_gate=gate, version=self.new_version())
+
+    def gate_for(self, encoder: str) -> ViewGate | None:
+        """The view gate, when it was fitted for `encoder` (`view_gate.encoder_key`)."""
+        gate = self.view_gate
+        return gate if gate is not None and gate.encoder == encoder else None
+
     def dim(self, encoder_dim: int) -> int:
         """The searched dimension."""
         return encoder_dim if self.projection is None else int(self.projection[1].shape[1])
@@ -104,6 +116,9 @@ class SearchSpace:
             "duplicate_threshold": self.in_collection_threshold,
             "fitted_on": self.fitted_on,
             "fitted_with": self.fitted_with,
+            "view_gate": None
+            if self.view_gate is None
+            else {"fitted_on": self.view_gate.fitted_on, "threshold": self.view_gate.threshold},
         }
 
     # -- persistence: a text record and two arrays, which every store can keep --------------
@@ -118,6 +133,7 @@ class SearchSpace:
                 "fitted_with": self.fitted_with,
                 "projection_id": self.projection_id,
                 "whitened": self.projection is not None,
+                "view_gate": None if self.view_gate is None else self.view_gate.to_dict(),
             }
         )
 
@@ -146,6 +162,7 @@ class SearchSpace:
             str(fields["version"]),
             str(fields["projection_id"]),
             None if fields.get("duplicate_threshold") is None else float(fields["duplicate_threshold"]),
+            None if fields.get("view_gate") is None else ViewGate.from_dict(fields["view_gate"]),
         )
 
 

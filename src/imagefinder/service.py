@@ -25,11 +25,14 @@ from imagefinder.indexer import Indexer, IndexReport
 from imagefinder.maintenance import Maintenance
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Filter, Hit, VectorStore
+from imagefinder.view_gate import encoder_key
 from imagefinder.views import extra_views, view_source
 
 # "single": one encoder run per query. "adaptive": a second pass with extra views when the first
-# finds no copy (see imagefinder.views).
-QueryViews = Literal["single", "adaptive"]
+# finds no copy and the view gate says the query looks framed, pasted or turned (see
+# imagefinder.views and imagefinder.view_gate). "thorough": the second pass whenever the first
+# finds no copy.
+QueryViews = Literal["single", "adaptive", "thorough"]
 
 
 @dataclass(frozen=True)
@@ -122,21 +125,29 @@ class ImageFinder:
         views: QueryViews | None = None,
         on_encoder_batch: Callable[[int], None] | None = None,
     ) -> list[SearchResult]:
-        """Search with the plain query's `vector`; with `views` (default: the service's
-        `query_views`) "adaptive", when that finds no copy, search again with the extra views of
-        `imagefinder.views` (7 more encoder runs, in one batch told to `on_encoder_batch`)."""
+        """Search with the plain query's `vector`; when that finds no copy, with `views` (default:
+        the service's `query_views`) "thorough", or "adaptive" when the view gate wants it, search
+        again with the extra views of `imagefinder.views` (7 more encoder runs, in one batch told
+        to `on_encoder_batch`)."""
         space = self.store.search_space
         hits = self._hits(vector, k, where)
         # Settled: the best match scores like a copy by the collection's own look-alikes (the
         # in-collection threshold, lower than the copy flag's), or there is nothing to find (an
         # empty collection, a filter that matches nothing), where more views cannot help.
         settled = not hits or hits[0].score >= space.in_collection_threshold
-        if (views or self._query_views) == "adaptive" and not settled:
+        if not settled and self._second_pass_wanted(views or self._query_views, vector):
             vectors, penalties = self._with_extra_views(query, vector)
             if on_encoder_batch is not None:
                 on_encoder_batch(len(vectors) - 1)
             hits = self._hits(vectors, k, where, penalties)
         return _results(hits, k, min_score, None, space.copy_threshold)
+
+    def _second_pass_wanted(self, views: QueryViews, vector: NDArray[np.float32]) -> bool:
+        if views != "adaptive":
+            return views == "thorough"
+        info = self.model
+        gate = self.store.search_space.gate_for(encoder_key(info.name, info.version, info.dim))
+        return gate is None or gate.wants_views(vector)
 
     def search_vector(
         self,

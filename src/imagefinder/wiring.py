@@ -260,7 +260,9 @@ def compose_service(
         limits,
         indexer or Indexer(encoder, store, limits, batch_size, decode_workers, fetch_workers),
         Collection(encoder, store, limits, fetcher, blobs, thumbnails),
-        Maintenance(encoder, store, whitening, search_dims),
+        Maintenance(
+            encoder, store, whitening, search_dims, ImageReader(limits, fetcher.fetch if fetcher else None)
+        ),
         query_views,
     )
 

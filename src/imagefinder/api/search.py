@@ -65,9 +65,11 @@ _WHERE_HELP = (
 )
 
 _VIEWS_HELP = (
-    "single: one encoder run. adaptive: when no result is a copy, search again with 7 more views "
-    "of the image (turned, four corners, centre), which finds pasted, screenshotted and rotated "
-    "copies at 8 encoder runs. Default: the server's IMAGEFINDER_QUERY_VIEWS. Image queries only."
+    "single: one encoder run. adaptive: when no result is a copy and the image looks framed, "
+    "pasted or turned (a gate learned on the collection decides), search again with 7 more views "
+    "of it (turned, four corners, centre), which finds pasted, screenshotted and rotated copies at "
+    "8 encoder runs. thorough: that second search whenever no result is a copy. Default: the "
+    "server's IMAGEFINDER_QUERY_VIEWS. Image queries only."
 )
 Views = Annotated[QueryViews | None, Query(description=_VIEWS_HELP)]
 

@@ -96,6 +96,48 @@ class RealWorldEdits:
         return view
 
 
+def composite_view(
+    image: Image.Image, rng: random.Random, others: Sequence[Image.Image], kind: str
+) -> Image.Image:
+    """A view of the kind a query's extra views exist for (`imagefinder.view_gate`): `image`
+    pasted into a background ("paste"), framed as a screenshot ("screenshot") or turned a quarter,
+    mirrored or not ("turn"), with milder edits around it."""
+    if kind == "paste":
+        return plain_view(_paste(image, rng, others, WORK_SIDE), rng)
+    if kind == "screenshot":
+        return _screenshot(plain_view(image, rng), rng)
+    if kind == "turn":
+        turns = (
+            Image.Transpose.ROTATE_90,
+            Image.Transpose.ROTATE_270,
+            Image.Transpose.TRANSPOSE,
+            Image.Transpose.TRANSVERSE,
+        )
+        return plain_view(image, rng).transpose(rng.choice(turns))
+    raise ValueError(f"unknown kind of composite view: {kind}")
+
+
+def plain_view(image: Image.Image, rng: random.Random) -> Image.Image:
+    """`image` under milder edits that a plain query's single view already sees through: crops,
+    mirror, colour, small rotations, text and shapes, low resolution, JPEG."""
+    view = image
+    if rng.random() < 0.7:
+        view = _crop(view, rng)
+    if rng.random() < 0.5:
+        view = ImageOps.mirror(view)
+    if rng.random() < 0.6:
+        view = _colour(view, rng)
+    if rng.random() < 0.2:
+        view = _rotate(view, rng)
+    if rng.random() < 0.2:
+        view = _overlay(view, rng)
+    if rng.random() < 0.2:
+        view = _low_resolution(view, rng)
+    if rng.random() < 0.5:
+        view = _jpeg(view, rng.randint(10, 90))
+    return view
+
+
 def work_image(image: Image.Image) -> Image.Image:
     """An image as training keeps it in memory: RGB, shrunk to the edits' working size."""
     return shrink(image.convert("RGB"), WORK_SIDE)

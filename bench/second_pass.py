@@ -1,0 +1,257 @@
+"""What the second query pass costs a query whose copy is not in the index, with and without the
+view gate (`imagefinder.view_gate`), in one run.
+
+- default encoder, over HTTP: the dev near-duplicate collection (262 photos) indexed with the
+  CLI as a user would (the gate is fitted there), padded with synthetic vectors to --size (100k),
+  served by a real `imagefinder serve` on 127.0.0.1. Queries: the 17 scikit-image photos, none in
+  the collection, as 2-megapixel JPEGs. `POST /search?k=10` with views=single, adaptive (gated,
+  the default) and thorough (the second pass whenever no copy is found, as before the gate),
+  interleaved so every mode meets the same machine; p50/p90/mean per mode, the means' ratio to
+  single, and the share of these queries that ran the second pass.
+- a ViT-B/16-sized Hugging Face model (random weights, built and saved here: speed only, its gate
+  learns from random features), in process, on 100 photos of the collection, the same queries.
+
+Quality with the gate is measured by `make bench-quality` (bench/results/dev_benchmark.json, and
+dev_benchmark_thorough.json for the pass without it).
+
+usage: python bench/second_pass.py [--benchmarks ../shared/benchmarks] [--size 100000]
+                                   [--rounds 6] [--out bench/results/second_pass.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from imagefinder.config import Settings
+from imagefinder.demo import write_demo_collection
+from imagefinder.encoders.base import l2_normalise
+from imagefinder.service import ImageFinder, QueryViews
+from imagefinder.sources import FolderSource
+from imagefinder.stores.embedded import EmbeddedStore
+from imagefinder.view_gate import encoder_key
+from imagefinder.wiring import build_configured_encoder, build_service, service_for
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.live import percentile, serving  # noqa: E402  (the same helpers the tests use)
+
+MODES: tuple[QueryViews, ...] = ("single", "adaptive", "thorough")
+TWO_MEGAPIXELS = 2_000_000
+
+
+def queries(folder: Path) -> dict[str, bytes]:
+    """The scikit-image photos as 2-megapixel JPEGs: photos of nothing in the dev collection."""
+    out = {}
+    for path in write_demo_collection(folder):
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        scale = (TWO_MEGAPIXELS / (image.width * image.height)) ** 0.5
+        big = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC
+        )
+        buffer = io.BytesIO()
+        big.save(buffer, "JPEG", quality=90)
+        out[path.stem] = buffer.getvalue()
+    return out
+
+
+def second_pass_share(service: ImageFinder, data: dict[str, bytes], mode: QueryViews) -> float:
+    """The share of the queries that run the second pass in `mode` (what the service decides)."""
+    info = service.encoder.info
+    gate = service.store.search_space.gate_for(encoder_key(info.name, info.version, info.dim))
+    threshold = service.store.search_space.in_collection_threshold
+    ran = 0
+    for image in data.values():
+        query = service.prepare(image)
+        vector = service.embed_prepared([query.pixels])[0]
+        hits = service.store.search(vector, 1)
+        settled = not hits or hits[0].score >= threshold
+        wanted = mode == "thorough" or (mode == "adaptive" and (gate is None or gate.wants_views(vector)))
+        ran += (not settled) and wanted
+    return round(ran / len(data), 3)
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p90_ms": round(percentile(latencies, 0.90), 2),
+        "mean_ms": round(statistics.fmean(latencies), 2),
+    }
+
+
+def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    single = rows["single"]["mean_ms"]
+    return {f"{mode}_mean_over_single": round(rows[mode]["mean_ms"] / single, 2) for mode in MODES}
+
+
+def pad(store: EmbeddedStore, size: int, seed: int = 0) -> int:
+    """Synthetic vectors up to `size`: the collection's own vectors, each blurred by noise so
+    the padding lies where real images do without copying any."""
+    real = store.vectors()
+    rng = np.random.default_rng(seed)
+    added = 0
+    while store.count() < size:
+        n = min(10_000, size - store.count())
+        base = real[rng.integers(0, len(real), n)]
+        noise = rng.normal(0, 1, base.shape).astype(np.float32) * base.std(axis=0) * 1.5
+        vectors = l2_normalise((base + noise).astype(np.float32))
+        ids = [f"pad-{added + i:07d}" for i in range(n)]
+        store.upsert(ids, vectors, [{"uri": f"synthetic://{i}"} for i in ids])
+        added += n
+    store.optimise()
+    return added
+
+
+def default_encoder_over_http(
+    collection: Path, data: dict[str, bytes], size: int, rounds: int, work: Path
+) -> dict[str, Any]:
+    home = work / "home"
+    cached = Path("~/.imagefinder/models").expanduser()
+    if cached.is_dir():  # reuse an existing ONNX export rather than exporting again
+        shutil.copytree(cached, home / "models")
+    env = {**os.environ, "IMAGEFINDER_HOME": str(home), "IMAGEFINDER_TRACKING__ENABLED": "false"}
+    cli = [sys.executable, "-m", "imagefinder"]
+    started = time.perf_counter()
+    subprocess.run([*cli, "index", str(collection), "--quiet"], env=env, check=True, capture_output=True)
+    index_s = time.perf_counter() - started
+    settings = Settings(home=home)
+    store = EmbeddedStore(settings.store_dir)
+    padded = pad(store, size)
+    store.close()
+    service = build_service(settings)
+    shares = {mode: second_pass_share(service, data, mode) for mode in MODES}
+    gate = service.store.search_space.describe()["view_gate"]
+    images = service.count()
+    service.close()
+
+    latencies: dict[str, list[float]] = {mode: [] for mode in MODES}
+    with serving(env) as base, httpx.Client(timeout=60) as client:
+        for name, image in data.items():  # warm-up
+            for mode in MODES:
+                client.post(
+                    f"{base}/search?k=10&views={mode}", files={"file": (name, image)}
+                ).raise_for_status()
+        for _ in range(rounds):
+            for name, image in data.items():
+                for mode in MODES:
+                    started = time.perf_counter()
+                    response = client.post(f"{base}/search?k=10&views={mode}", files={"file": (name, image)})
+                    latencies[mode].append((time.perf_counter() - started) * 1000)
+                    response.raise_for_status()
+    rows = {mode: {**summary(latencies[mode]), "second_pass_share": shares[mode]} for mode in MODES}
+    return {
+        "encoder": settings.encoder,
+        "index_images": images,
+        "padded_with_synthetic": padded,
+        "collection_index_s": round(index_s, 1),
+        "view_gate": gate,
+        "queries": len(data),
+        "requests_per_mode": len(latencies["single"]),
+        "modes": rows,
+        **ratios(rows),
+    }
+
+
+def vit_b16(folder: Path) -> Path:
+    """A ViT-B/16 of the reference design's size (12 layers, 768 wide, 16-px patches, 224 px)
+    with random weights, saved as a Hugging Face model folder."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    ViTModel(ViTConfig(), add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 224, "width": 224}).save_pretrained(folder)
+    return folder
+
+
+def heavy_encoder_in_process(
+    collection: Path, data: dict[str, bytes], rounds: int, work: Path, photos: int
+) -> dict[str, Any]:
+    folder = work / "photos"
+    folder.mkdir()
+    for path in sorted(collection.iterdir())[:photos]:
+        shutil.copyfile(path, folder / path.name)
+    model = vit_b16(work / "vit-b16")
+    settings = Settings(home=work / "vit-home", encoder=f"hf:{model}", device="cpu")
+    encoder = build_configured_encoder(settings)
+    service = service_for(settings, encoder, EmbeddedStore(work / "vit-index"))
+    started = time.perf_counter()
+    service.index(FolderSource(folder, 10**8))
+    index_and_gate_s = time.perf_counter() - started
+    shares = {mode: second_pass_share(service, data, mode) for mode in MODES}
+    latencies: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(rounds):
+        for image in data.values():
+            for mode in MODES:
+                started = time.perf_counter()
+                service.search_bytes(image, k=10, views=mode)
+                latencies[mode].append((time.perf_counter() - started) * 1000)
+    rows = {mode: {**summary(latencies[mode]), "second_pass_share": shares[mode]} for mode in MODES}
+    result = {
+        "encoder": "hf: ViT-B/16 (random weights, speed only)",
+        "index_images": service.count(),
+        "index_and_gate_fit_s": round(index_and_gate_s, 1),
+        "view_gate": service.store.search_space.describe()["view_gate"],
+        "queries": len(data),
+        "requests_per_mode": len(latencies["single"]),
+        "modes": rows,
+        **ratios(rows),
+    }
+    service.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
+    parser.add_argument("--size", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--vit-rounds", type=int, default=2)
+    parser.add_argument("--vit-photos", type=int, default=100)
+    parser.add_argument("--parts", default="default,vit")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "second_pass.json")
+    args = parser.parse_args()
+    collection = args.benchmarks / "near_duplicate" / "collection"
+    if not collection.is_dir():
+        raise SystemExit(f"the dev benchmark is not at {args.benchmarks} (see --benchmarks)")
+    result: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "processor": platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+        "command": " ".join(["bench/second_pass.py", *sys.argv[1:]]),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = queries(work / "queries")
+        if "default" in args.parts:
+            result["default_encoder_http"] = default_encoder_over_http(
+                collection, data, args.size, args.rounds, work
+            )
+            print(json.dumps(result["default_encoder_http"], indent=1), flush=True)  # noqa: T201
+        if "vit" in args.parts:
+            result["vit_b16_in_process"] = heavy_encoder_in_process(
+                collection, data, args.vit_rounds, work, args.vit_photos
+            )
+            print(json.dumps(result["vit_b16_in_process"], indent=1), flush=True)  # noqa: T201
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
