@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   ?= .demo
 
-.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray bench-install bench-int8-cpus bench-cli-search test-wheel docs emulator clean
+.PHONY: install run demo-index browser audit audit-tools bench test test-slow lint bench-quality bench-views bench-ingest bench-api bench-hf bench-search bench-breakdown bench-index bench-finetune bench-duplicates bench-ray bench-install bench-int8-cpus bench-cli-search bench-second-pass test-wheel docs emulator clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +98,7 @@ lint: install
 bench-quality: install
 	$(BIN)/python bench/dev_benchmark.py --out bench/results/dev_benchmark.json
 	$(BIN)/python bench/dev_benchmark.py --query-views single --out bench/results/dev_benchmark_single_view.json
+	$(BIN)/python bench/dev_benchmark.py --query-views thorough --out bench/results/dev_benchmark_thorough.json
 	$(BIN)/python bench/dev_benchmark.py --encoder efficientnet-lite0-fp32 --out bench/results/dev_benchmark_fp32.json
 	$(BIN)/python bench/dev_benchmark.py --encoder efficientnet-lite0-fp32 --query-views single --out bench/results/dev_benchmark_fp32_single_view.json
 
@@ -145,6 +146,12 @@ bench-hf: install
 # Indexing speed on 2-12 MP photos: reference pipeline vs ImageFinder vs encoder-only; search latency.
 bench: install
 	$(BIN)/python bench/speed.py --out bench/results/speed.json
+	@if [ -d ../shared/benchmarks ]; then $(MAKE) bench-second-pass; else echo "bench-second-pass skipped: no ../shared/benchmarks"; fi
+
+# A query without a copy: the second pass with the view gate, without it (thorough) and single,
+# over HTTP at a 100k index and with a ViT-B/16-sized model (about 8 min).
+bench-second-pass: install
+	$(BIN)/python bench/second_pass.py --out bench/results/second_pass.json
 
 # Where a 2 MP query's time goes in-process, and how steady the encoder is on this machine (~1.5 min).
 bench-breakdown: install

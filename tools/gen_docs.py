@@ -120,6 +120,30 @@ def benchmarks() -> str:
             ),
             "",
         ]
+    second = _load("second_pass.json")
+    if second:
+        lines += [
+            "## A query whose copy is not in the index (`make bench-second-pass`, `second_pass.json`)",
+            "",
+            "| encoder, queries | views | p50 (ms) | mean (ms) | mean × single | second pass ran |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for part, label in (
+            ("default_encoder_http", "default, POST /search at 100k"),
+            ("vit_b16_in_process", "ViT-B/16 size, random weights"),
+        ):
+            if part not in second:
+                continue
+            for subset in ("all", "unsettled"):
+                rows = second[part][subset]
+                for mode in ("single", "adaptive", "thorough"):
+                    row = rows[mode]
+                    lines.append(
+                        f"| {label}, {subset} ({rows['queries']}) | {mode} | {row['p50_ms']} "
+                        f"| {row['mean_ms']} | {rows[f'{mode}_mean_over_single']} "
+                        f"| {row['second_pass_share']:.0%} |"
+                    )
+        lines.append("")
     duplicates = _load("duplicates.json")
     if duplicates:
         lines += [

@@ -2,8 +2,9 @@
 
 One embedding of the whole image misses copies that are only a part of the query, or turned:
 a photo pasted small into a larger picture, a screenshot around a photo, a photo mirrored and
-rotated by 90 degrees. When the plain query finds no copy (no result above the copy threshold),
-the service searches again with these views and keeps, for each image, its best view's score
+rotated by 90 degrees. When the plain query finds no copy (no result above the copy threshold)
+and the view gate (`imagefinder.view_gate`) says it looks like such a picture, the service
+searches again with these views and keeps, for each image, its best view's score
 less that view's penalty, so a view wins only clearly:
 
 - the query transposed and transversed (mirrored and turned 90 degrees either way);
