@@ -16,7 +16,9 @@ small, copy-free and copy-rich collections, and a scan of a million vectors.
   what the old rule (the 0.95-quantile of nearest-neighbour scores alone) would have flagged.
 - scale: synthetic vectors of the index benchmark (a mixture of Gaussians, 256 dimensions) with
   1 % planted near copies, in the embedded store; the scan's time, the process's memory before and
-  at its peak, and the share of planted copies grouped with their original.
+  at its peak, and the share of planted copies grouped with their original. Then 1 % more images
+  (half of them near copies of images already there) and a second scan that carries on from the
+  first (only the new images searched): its time and whether it found the new copies.
 
 usage: python bench/duplicates.py [--benchmarks ../shared/benchmarks] [--peers-python PY]
                                   [--scale 1000000] [--out bench/results/duplicates.json]
@@ -254,7 +256,7 @@ def scale_build(path: Path, n: int) -> dict[str, Any]:
     started = time.perf_counter()
     store = EmbeddedStore(path)
     store.bind_encoder(EncoderInfo("synthetic", "1", vectors.shape[1], "none"))
-    index_bench.fill(store, vectors)
+    fill_with_hashes(store, vectors, 0)
     store.optimise()
     store.close()
     median_copy_score = float(np.median(np.einsum("ij,ij->i", copies, base[:planted])))
@@ -263,6 +265,22 @@ def scale_build(path: Path, n: int) -> dict[str, Any]:
         "planted": planted,
         "copy_score_median": round(median_copy_score, 3),
     }
+
+
+def fill_with_hashes(store: Any, vectors: np.ndarray, first: int) -> None:
+    """As `index.fill`, with the content hash every indexed image has (what tells a later scan
+    which images it has seen)."""
+    for start in range(0, len(vectors), 2000):
+        stop = min(len(vectors), start + 2000)
+        ids = [f"img{first + i:07d}" for i in range(start, stop)]
+        payloads = [{"uri": f"/photos/{i}.jpg", "hash": f"h{i}"} for i in ids]
+        store.upsert(ids, vectors[start:stop], payloads)
+
+
+def memory_of(path: Path) -> Any:
+    from imagefinder.duplicates_memory import FileScanMemory
+
+    return FileScanMemory(path / "duplicates-scan.json.gz")
 
 
 def scale_scan(path: Path, n: int) -> dict[str, Any]:
@@ -289,7 +307,7 @@ def scale_scan(path: Path, n: int) -> dict[str, Any]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     started = time.perf_counter()
-    report = DuplicateFinder(store).find(threshold=SCALE_THRESHOLD, views="single")
+    report = DuplicateFinder(store, memory=memory_of(path)).find(threshold=SCALE_THRESHOLD, views="single")
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
@@ -317,6 +335,55 @@ def scale_scan(path: Path, n: int) -> dict[str, Any]:
         "images_grouped_that_are_no_planted_pair": strangers,
         "groups": len(report.groups),
         "threshold": SCALE_THRESHOLD,
+        "scan_memory_file_mb": round((path / "duplicates-scan.json.gz").stat().st_size / 2**20, 1),
+    }
+
+
+def scale_incremental(path: Path, n: int) -> dict[str, Any]:
+    """1 % more images, half of them near copies of images not yet copied, then a scan that
+    carries on from the last one."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import index as index_bench
+
+    from imagefinder.duplicates import DuplicateFinder
+    from imagefinder.stores.embedded import EmbeddedStore
+
+    planted = int(n * PLANTED_SHARE)
+    added = n // 100
+    store = EmbeddedStore(path)
+    first_source = planted  # base images not copied before
+    sources = np.stack(
+        [
+            vector
+            for rows in store.items()
+            for image_id, vector, _ in rows
+            if first_source <= int(image_id[3:]) < first_source + added // 2
+        ]
+    )
+    rng = np.random.default_rng(11)
+    copies = sources + 0.018 * rng.standard_normal(sources.shape).astype(np.float32)
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    fresh = index_bench.mixture(added - len(copies), seed=3)
+    fill_with_hashes(store, np.concatenate([copies, fresh]).astype(np.float32), n)
+    started = time.perf_counter()
+    report = DuplicateFinder(store, memory=memory_of(path)).find(threshold=SCALE_THRESHOLD, views="single")
+    seconds = time.perf_counter() - started
+    grouped = {m.id: g.centre for g in report.groups for m in g.members}
+    together = sum(
+        1
+        for i in range(len(copies))
+        if f"img{n + i:07d}" in grouped
+        and grouped[f"img{n + i:07d}"] == grouped.get(f"img{first_source + i:07d}")
+    )
+    store.close()
+    return {
+        "incremental_added": added,
+        "incremental_added_copies": len(copies),
+        "incremental_scan_s": round(seconds, 1),
+        "incremental_queried": report.summary["queried"],
+        "incremental_kept_pairs": report.summary["kept_pairs"],
+        "incremental_new_copies_grouped_with_original": round(together / len(copies), 4),
+        "incremental_groups": len(report.groups),
     }
 
 
@@ -328,7 +395,7 @@ def scale(n: int, work: Path) -> dict[str, Any]:
         "dim": 256,
         "data": "mixture of 1000 Gaussians, spread 0.8 (bench/index.py)",
     }
-    for step in ("build", "scan"):
+    for step in ("build", "scan", "incremental"):
         done = subprocess.run(
             [sys.executable, __file__, "--child", step, "--path", str(path), "--scale", str(n)],
             check=True,
@@ -348,7 +415,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1_000_000)
     parser.add_argument("--parts", default="quality,calibration,scale")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "duplicates.json")
-    parser.add_argument("--child", choices=["build", "scan"])
+    parser.add_argument("--child", choices=["build", "scan", "incremental"])
     parser.add_argument("--path", type=Path)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -356,7 +423,7 @@ def main() -> None:
 
     if args.child:
         single_threaded_blas()
-        step = scale_build if args.child == "build" else scale_scan
+        step = {"build": scale_build, "scan": scale_scan, "incremental": scale_incremental}[args.child]
         print(json.dumps(step(args.path, args.scale)))  # noqa: T201
         return
     single_threaded_blas()

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from imagefinder.api import create_app
 from imagefinder.config import ApiSettings
 from imagefinder.duplicates import DuplicateFinder, stars
+from imagefinder.duplicates_memory import FileScanMemory
 from imagefinder.encoders.base import EncoderInfo, l2_normalise
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
 from imagefinder.errors import InvalidFilterError, InvalidScanError
@@ -240,3 +241,95 @@ def test_the_api_refuses_bad_parameters_with_the_error_shape(client: TestClient)
     ):
         answer = client.get("/duplicates", params=params)
         assert answer.status_code == 422 and answer.json()["error"]["code"] == code, (params, answer.text)
+
+
+# -- incremental scans ----------------------------------------------------------------------------
+
+
+def planted_store(
+    path: Path, rng: np.random.Generator, originals: int = 200
+) -> tuple[EmbeddedStore, np.ndarray]:
+    """Random images and, for the first ten, a near copy each (about 0.95 with its original)."""
+    base = l2_normalise(rng.normal(size=(originals, 64)).astype(np.float32))
+    copies = l2_normalise(base[:10] + 0.3 * l2_normalise(rng.normal(size=(10, 64)).astype(np.float32)))
+    store = EmbeddedStore(path)
+    store.bind_encoder(EncoderInfo("t", "1", 64, ""))
+    ids = [f"o{i:03d}" for i in range(originals)] + [f"c{i:03d}" for i in range(10)]
+    store.upsert(ids, np.concatenate([base, copies]), [{"hash": f"h-{i}"} for i in ids])
+    return store, base
+
+
+def group_sets(report) -> set[frozenset[str]]:  # type: ignore[no-untyped-def]
+    return {frozenset(m.id for m in g.members) for g in report.groups}
+
+
+def test_a_later_scan_searches_only_what_was_added_or_changed_and_matches_a_full_scan(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    store, base = planted_store(tmp_path / "index", rng)
+    memory = FileScanMemory(tmp_path / "scan.json.gz")
+    finder = DuplicateFinder(store, memory=memory)
+    first = finder.find(threshold=0.8, views="single")
+    assert first.summary["incremental"] is False and first.summary["queried"] == 210
+    assert group_sets(first) == {frozenset({f"o{i:03d}", f"c{i:03d}"}) for i in range(10)}
+
+    # Two new copies of old images, three new unrelated images, one copy removed, and one old
+    # image replaced under its id by a copy of another.
+    new = l2_normalise(base[[20, 21]] + 0.3 * l2_normalise(rng.normal(size=(2, 64)).astype(np.float32)))
+    unrelated = l2_normalise(rng.normal(size=(3, 64)).astype(np.float32))
+    store.upsert(["n0", "n1", "u0", "u1", "u2"], np.concatenate([new, unrelated]), [{"hash": "x"}] * 5)
+    store.delete(["c003"])
+    replaced = l2_normalise(base[[30]] + 0.3 * l2_normalise(rng.normal(size=(1, 64)).astype(np.float32)))
+    store.upsert(["c004"], replaced, [{"hash": "h-c004-new"}])
+
+    later = finder.find(threshold=0.8, views="single")
+    assert later.summary["incremental"] is True
+    assert later.summary["queried"] == 6  # the five new images and the replaced one
+    assert later.summary["kept_pairs"] == 8  # the pairs of the ten copies, less c003's and c004's
+    full = DuplicateFinder(store).find(threshold=0.8, views="single")
+    assert group_sets(later) == group_sets(full)
+    assert frozenset({"o020", "n0"}) in group_sets(later) and frozenset({"o030", "c004"}) in group_sets(later)
+    assert not any("c003" in group or frozenset({"o004", "c004"}) == group for group in group_sets(later))
+    store.close()
+
+
+def test_a_scan_starts_over_when_its_basis_changed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    store, _ = planted_store(tmp_path / "index", rng)
+    memory = FileScanMemory(tmp_path / "scan.json.gz")
+    finder = DuplicateFinder(store, memory=memory)
+    finder.find(threshold=0.8, views="single")
+    # A threshold that moved a little (a recalibration) is within the remembered floor.
+    assert finder.find(threshold=0.78, views="single").summary["incremental"] is True
+    # Below the floor, or another filter, or asked to: a full scan.
+    assert finder.find(threshold=0.6, views="single").summary["incremental"] is False
+    assert finder.find(threshold=0.6, views="single", full=True).summary["queried"] == 210
+    assert finder.find(threshold=0.6, views="single").summary["incremental"] is True
+    # A new projection scores every pair anew.
+    matrix = np.eye(64, dtype=np.float32)[:, :48]
+    store.set_search_space(store.search_space.fitted((np.zeros(64, np.float32), matrix), 210, "test"))
+    assert finder.find(threshold=0.6, views="single").summary["incremental"] is False
+    # A memory file that cannot be read is a scan to start over, never an error.
+    (tmp_path / "scan.json.gz").write_bytes(b"not gzip")
+    report = finder.find(threshold=0.6, views="single")
+    assert report.summary["incremental"] is False and len(report.groups) == 10
+    store.close()
+
+
+def test_the_cli_carries_a_scan_on_and_starts_over_after_an_index_run(
+    tmp_path: Path, collection: Path, model_cache: Path, photos: Path
+) -> None:
+    shutil.copytree(model_cache, tmp_path / "models")
+    folder = tmp_path / "photos"
+    shutil.copytree(collection, folder)
+    run_cli(tmp_path, "index", str(folder), "--quiet")
+    first = run_cli(tmp_path, "duplicates", "--views", "single", "--quiet").stdout
+    assert "4 groups" in first and "carried on" not in first
+    again = run_cli(tmp_path, "duplicates", "--views", "single", "--quiet").stdout
+    assert "4 groups" in again and "carried on from the last scan: 0 new or changed images searched" in again
+    assert "carried on" not in run_cli(tmp_path, "duplicates", "--views", "single", "--full").stdout
+    # An index run on a small collection learns a new projection: the next scan starts over
+    # and finds the new copy.
+    (folder / "astronaut-small.jpg").write_bytes(edited_copy(photos / "astronaut.png", "recompress"))
+    run_cli(tmp_path, "index", str(folder), "--quiet")
+    after = run_cli(tmp_path, "duplicates", "--views", "single", "--quiet").stdout
+    assert "5 groups" in after and "carried on" not in after

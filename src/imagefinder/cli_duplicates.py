@@ -60,6 +60,13 @@ _FILTER_HELP = "FIELD=VALUE (repeat: all must match)"
 @click.option(
     "--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Write one row per member."
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Search with every image again. By default a scan with the last scan's search space, "
+    "filter and a threshold near its own searches only the images added or changed since and "
+    "keeps the pairs it found (scans without the second look and without --across only).",
+)
 @click.option("--quiet", is_flag=True, help="Print the summary only.")
 @click.pass_context
 @_user_errors
@@ -73,13 +80,14 @@ def duplicates(
     views: Any,
     json_path: Path | None,
     csv_path: Path | None,
+    full: bool,
     quiet: bool,
 ) -> None:
     """Find the groups of images that are copies of each other (edited, cropped, recompressed),
     each with a suggested keeper. Nothing is removed: remove with `imagefinder remove` or the
     page's Duplicates view."""
     from imagefinder.duplicates_run import DuplicatesOptions, DuplicatesRun
-    from imagefinder.wiring import build_service, build_tracker, duplicate_finder, image_reader
+    from imagefinder.wiring import build_service, build_tracker, duplicate_finder, image_reader, scan_memory
 
     options = DuplicatesOptions(
         threshold=_threshold(threshold),
@@ -88,11 +96,12 @@ def duplicates(
         against=_filter("against", against),
         keep=keep,
         views=views,
+        full=full,
     )
     settings = _settings(ctx)
     service = build_service(settings)
     try:
-        finder = duplicate_finder(service, image_reader(settings))
+        finder = duplicate_finder(service, image_reader(settings), scan_memory(settings))
         result = DuplicatesRun(finder, build_tracker(settings))(options, json_path, csv_path)
     finally:
         service.close()
@@ -111,6 +120,11 @@ def duplicates(
         f"threshold {summary['threshold']} ({summary['threshold_source']}), views {summary['views']}, "
         f"{summary['scanned']} images scanned in {summary['seconds']} s"
     )
+    if summary["incremental"]:
+        click.echo(
+            f"carried on from the last scan: {summary['queried']} new or changed images searched, "
+            f"{summary['kept_pairs']} pairs kept (--full to search with every image)"
+        )
     for path in (json_path, csv_path):
         if path is not None:
             click.echo(f"written to {path}")

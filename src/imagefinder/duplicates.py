@@ -16,6 +16,16 @@ can review, each with a suggested keeper.
    common, cannot become one group: no image joins through another member, only through the
    centre (connected components of the pairs would merge the whole chain).
 4. A keeper per group by a rule (`KEEP_RULES`); the summary says what removing the others frees.
+
+Incremental (with a `ScanMemory`): a later scan with the same basis (search space, filter,
+neighbours; `duplicates_memory.ScanBasis`) and a threshold at or above the remembered pairs'
+floor queries only the images added or changed since, keeps the earlier pairs whose two images
+are unchanged, and groups again. Only scans without the
+second look and without `across`/`against` are incremental: an image looked at again would have
+to be looked at again whenever any image is added (a new photo may be pasted in an old one), and
+a directed scan would have to query the old `across` images against every new `against` one.
+Below `maintenance.REFIT_ALWAYS_UP_TO` images, every index run learns a new projection, so the
+next scan starts over; those collections are the small, fast ones.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from imagefinder.duplicates_memory import MARGIN, PreviousScan, ScanBasis, ScanMemory, signature
 from imagefinder.errors import InvalidFilterError, InvalidScanError
 from imagefinder.stores.base import Filter, Payload, VectorStore
 from imagefinder.stores.filters import conditions, filterable_fields
@@ -88,6 +99,8 @@ class DuplicateReport:
     seconds: float
     across: Filter | None = None
     against: Filter | None = None
+    queried: int | None = None  # images searched this time; fewer than scanned when incremental
+    kept_pairs: int = 0  # pairs carried over from the last scan
     summary: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,6 +118,9 @@ class DuplicateReport:
             "looked_again": self.looked_again,
             "unreadable": self.unreadable,
             "seconds": round(self.seconds, 2),
+            "incremental": self.queried is not None and self.queried < self.scanned,
+            "queried": self.scanned if self.queried is None else self.queried,
+            "kept_pairs": self.kept_pairs,
             **({"across": dict(self.across)} if self.across else {}),
             **({"against": dict(self.against)} if self.against else {}),
         }
@@ -120,11 +136,15 @@ class DuplicateFinder:
         look_again: LookAgain | None = None,
         neighbours: int = NEIGHBOURS,
         batch: int = BATCH,
+        memory: ScanMemory | None = None,
+        encoder: str = "",
     ) -> None:
         self._store = store
         self._look_again = look_again
         self._k = neighbours
         self._batch = batch
+        self._memory = memory  # None: every scan is a full one
+        self._encoder = encoder  # which encoder's vectors the remembered pairs scored
 
     def find(
         self,
@@ -135,10 +155,12 @@ class DuplicateFinder:
         keep: KeepRule = "resolution",
         views: Views = "auto",
         progress: Callable[[int, int], None] | None = None,
+        full: bool = False,
     ) -> DuplicateReport:
         """Groups of copies among the images matching `where`; with `across` and `against`, the
         copies of the `across` images among the `against` images instead. `threshold` None: the
-        collection's calibrated duplicate threshold."""
+        collection's calibrated duplicate threshold. `full`: query every image, even when the
+        last scan could be carried on (see the module's docstring)."""
         started = time.perf_counter()
         if threshold is not None and not -1.0 <= threshold <= 1.0:
             raise InvalidScanError(f"a threshold is a cosine score in [-1, 1], not {threshold}")
@@ -159,11 +181,22 @@ class DuplicateFinder:
         if looking and self._look_again is None:
             looking = False
 
+        remembering = self._memory is not None and across is None and not looking
+        basis = ScanBasis(dict(where or {}), space.projection_id, self._encoder, self._k)
+        previous = self._memory.load() if remembering and not full and self._memory is not None else None
+        if previous is not None and (previous.basis != basis or threshold < previous.floor):
+            previous = None
+        known = previous.images if previous is not None else {}
+        # Remembered pairs go down to a floor below the threshold (see duplicates_memory).
+        floor = threshold - MARGIN if remembering else threshold
+        images: dict[str, str] = {}
+
         pairs: dict[tuple[str, str], float] = {}
         lonely: list[tuple[str, Payload]] = []
         seen_fields: set[str] = set()
         wanted = conditions(queries) if queries else ()
         scanned = 0
+        queried = 0
         for rows in self._store.items():
             chosen = []
             for image_id, vector, payload in rows:
@@ -172,18 +205,21 @@ class DuplicateFinder:
                     seen_fields.update(fields)
                     if not all(fields.get(name) == value for name, value in wanted):
                         continue
-                chosen.append((image_id, vector, payload))
+                scanned += 1
+                images[image_id] = signature(payload)
+                if known.get(image_id) != images[image_id] or not images[image_id]:
+                    chosen.append((image_id, vector, payload))
+            queried += len(chosen)
             for start in range(0, len(chosen), self._batch):
                 part = chosen[start : start + self._batch]
                 found = self._store.similar(
-                    np.stack([vector for _, vector, _ in part]), self._k + 1, threshold, candidates
+                    np.stack([vector for _, vector, _ in part]), self._k + 1, floor, candidates
                 )
                 for (image_id, _, payload), hits in zip(part, found, strict=True):
                     others = [(hit.id, hit.score) for hit in hits if hit.id != image_id]
                     _add_pairs(pairs, image_id, others, across is not None)
-                    if not others and looking:
+                    if not any(score >= threshold for _, score in others) and looking:
                         lonely.append((image_id, payload))
-            scanned += len(chosen)
             if progress:
                 progress(scanned, total)
         unknown = [name for name in named if name not in seen_fields] if total else []
@@ -204,6 +240,19 @@ class DuplicateFinder:
                 _add_pairs(pairs, image_id, others, across is not None)
                 looked_again += 1
 
+        carried: set[tuple[str, str]] = set()
+        if previous is not None:
+            for (a, b), score in previous.pairs.items():
+                if known.get(a) == images.get(a) and known.get(b) == images.get(b) and (a, b) not in pairs:
+                    pairs[(a, b)] = score
+                    carried.add((a, b))
+            floor = max(floor, previous.floor)  # the kept pairs are whole only down to their floor
+        if remembering and self._memory is not None:
+            remembered = {pair: score for pair, score in pairs.items() if score >= floor}
+            self._memory.save(PreviousScan(basis, floor, images, remembered))
+        pairs = {pair: score for pair, score in pairs.items() if score >= threshold}
+        kept = len(carried.intersection(pairs))
+
         groups = [self._group(centre, members, pairs, keep, threshold) for centre, members in stars(pairs)]
         groups.sort(key=lambda g: (-len(g.members), g.keeper))
         return DuplicateReport(
@@ -218,6 +267,8 @@ class DuplicateFinder:
             time.perf_counter() - started,
             across,
             against,
+            queried,
+            kept,
         )
 
     def _group(

@@ -32,6 +32,7 @@ class DuplicatesOptions:
     against: Filter | None = None
     keep: KeepRule = "resolution"
     views: Views = "auto"
+    full: bool = False  # query every image even when the last scan could be carried on
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,16 @@ class DuplicatesRun:
                 options.keep,
                 options.views,
                 progress,
+                options.full,
             )
             summary = report.summary
-            run.log_params({"threshold_used": summary["threshold"], "views_used": summary["views"]})
+            run.log_params(
+                {
+                    "threshold_used": summary["threshold"],
+                    "views_used": summary["views"],
+                    "incremental": summary["incremental"],
+                }
+            )
             run.log_metrics(
                 {
                     key: float(summary[key])
@@ -77,6 +85,8 @@ class DuplicatesRun:
                         "looked_again",
                         "unreadable",
                         "seconds",
+                        "queried",
+                        "kept_pairs",
                     )
                 }
             )
@@ -120,6 +130,7 @@ def _params(options: DuplicatesOptions) -> dict[str, Any]:
         "threshold": "auto" if options.threshold is None else options.threshold,
         "keep": options.keep,
         "views": options.views,
+        "full": options.full,
         "where": json.dumps(options.where or {}),
         "across": json.dumps(options.across or {}),
         "against": json.dumps(options.against or {}),

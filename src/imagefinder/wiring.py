@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Callable
 from contextlib import closing
@@ -13,6 +14,7 @@ from imagefinder.blobs import BlobStore
 from imagefinder.collection import Collection
 from imagefinder.config import Settings
 from imagefinder.duplicates import DuplicateFinder
+from imagefinder.duplicates_memory import FileScanMemory, ScanMemory
 from imagefinder.encoders import Encoder, build_encoder
 from imagefinder.errors import FetchError, ImageError, SourceError
 from imagefinder.fetch import FetchSettings, HttpFetcher
@@ -26,6 +28,7 @@ from imagefinder.stores.base import Filter, Payload, VectorStore
 from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.tracking import MODEL_URI_PREFIX, MlflowTracker, NoTracker, Tracker
 from imagefinder.training.data import ImageReader
+from imagefinder.view_gate import encoder_key
 from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER
 from imagefinder.writers import ParallelWriter
 
@@ -107,8 +110,11 @@ def image_reader(settings: Settings) -> ImageReader:
     return ImageReader(image_limits(settings), build_fetcher(settings, allow_private=True).fetch)
 
 
-def duplicate_finder(service: ImageFinder, reader: ImageReader) -> DuplicateFinder:
-    """A duplicates scan over the service's store, whose second look reads images with `reader`."""
+def duplicate_finder(
+    service: ImageFinder, reader: ImageReader, memory: ScanMemory | None = None
+) -> DuplicateFinder:
+    """A duplicates scan over the service's store, whose second look reads images with `reader`;
+    with `memory`, a later scan carries on from the last one (see `duplicates`)."""
 
     def look_again(
         image_id: str, payload: Payload, k: int, where: Filter | None
@@ -120,7 +126,18 @@ def duplicate_finder(service: ImageFinder, reader: ImageReader) -> DuplicateFind
             return None
         return [(result.id, result.score) for result in found]
 
-    return DuplicateFinder(service.store, look_again)
+    info = service.encoder.info
+    return DuplicateFinder(
+        service.store, look_again, memory=memory, encoder=encoder_key(info.name, info.version, info.dim)
+    )
+
+
+def scan_memory(settings: Settings) -> FileScanMemory:
+    """Where `imagefinder duplicates` remembers its last scan of the served index: one file per
+    index location (a new generation starts over)."""
+    location = served_location(settings)
+    digest = hashlib.sha256(location.encode("utf-8")).hexdigest()[:16]
+    return FileScanMemory(settings.home_dir / "scans" / f"duplicates-{digest}.json.gz")
 
 
 def build_tracker(settings: Settings) -> Tracker:
