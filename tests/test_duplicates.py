@@ -336,3 +336,37 @@ def test_the_cli_carries_a_scan_on_after_an_index_run_that_kept_the_space(
     assert "5 groups" in after and "carried on from the last scan: 1 new or changed images searched" in after
     full = run_cli(tmp_path, "duplicates", "--views", "single", "--full", "--quiet").stdout
     assert full.splitlines()[0].split(". threshold")[0] == after.splitlines()[0].split(". threshold")[0]
+
+
+def test_a_group_larger_than_the_neighbours_is_found_whole_in_full_and_in_later_scans(tmp_path: Path) -> None:
+    """Forty copies of one image: each one's 16 nearest all score above the threshold, so it is
+    searched again for more. A new copy added later finds the whole group from its side, as a
+    full scan does."""
+    rng = np.random.default_rng(8)
+    centre = l2_normalise(rng.normal(size=(1, 64)).astype(np.float32))
+    burst = l2_normalise(centre + 0.15 * l2_normalise(rng.normal(size=(40, 64)).astype(np.float32)))
+    store, _ = planted_store(tmp_path / "index", rng, originals=50)
+    store.upsert([f"b{i:02d}" for i in range(40)], burst, [{"hash": f"b{i}"} for i in range(40)])
+    finder = DuplicateFinder(store, memory=FileScanMemory(tmp_path / "scan.json.gz"))
+    first = finder.find(threshold=0.8, views="single")
+    assert frozenset(f"b{i:02d}" for i in range(40)) in group_sets(first)
+    late = l2_normalise(centre + 0.15 * l2_normalise(rng.normal(size=(1, 64)).astype(np.float32)))
+    store.upsert(["b40"], late, [{"hash": "b40"}])
+    later = finder.find(threshold=0.8, views="single")
+    assert later.summary["queried"] == 1
+    assert group_sets(later) == group_sets(DuplicateFinder(store).find(threshold=0.8, views="single"))
+    assert frozenset(f"b{i:02d}" for i in range(41)) in group_sets(later)
+    store.close()
+
+
+def test_a_memory_file_corrupt_inside_is_a_scan_to_start_over(tmp_path: Path) -> None:
+    import gzip
+    import zlib
+
+    path = tmp_path / "scan.json.gz"
+    # A valid gzip header and a body that is not deflate data.
+    good = gzip.compress(b'{"basis": {}}')
+    path.write_bytes(good[:10] + bytes(len(good) - 10))
+    with pytest.raises((zlib.error, OSError, EOFError)):
+        gzip.decompress(path.read_bytes())
+    assert FileScanMemory(path).load() is None

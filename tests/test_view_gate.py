@@ -15,11 +15,13 @@ from PIL import Image
 from imagefinder.config import Settings
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
 from imagefinder.images import ImageLimits
+from imagefinder.maintenance import GATE_TRIES, Maintenance
 from imagefinder.search_space import SearchSpace
 from imagefinder.service import ImageFinder, QueryViews
 from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.training.augment import composite_view, plain_view, work_image
+from imagefinder.training.data import ImageReader
 from imagefinder.view_gate import MIN_IMAGES, THRESHOLD, ViewGate, encoder_key, logistic_regression
 from imagefinder.wiring import compose_service, service_for
 from tests.factories import FakeEncoder, encode, gradient
@@ -143,6 +145,68 @@ def test_a_request_can_ask_for_the_thorough_pass(tmp_path: Path) -> None:
     assert encoder.calls == [1, 7]
 
 
+# -- when a gate is fitted (fake encoder, gradient images on disk) ----------------------------------
+
+
+class CountingReader(ImageReader):
+    def __init__(self) -> None:
+        super().__init__(ImageLimits(), None)
+        self.reads = 0
+
+    def read(self, image_id: str, payload: dict) -> bytes:  # type: ignore[type-arg]
+        self.reads += 1
+        return super().read(image_id, payload)
+
+
+def gradients(folder: Path, seeds: range) -> None:
+    folder.mkdir(exist_ok=True)
+    for seed in seeds:
+        (folder / f"g{seed:03d}.png").write_bytes(encode(gradient(seed), "PNG"))
+
+
+def test_a_gate_is_fitted_again_when_the_collection_doubled_and_not_retried_when_images_are_gone(
+    tmp_path: Path,
+) -> None:
+    encoder = FakeEncoder()
+    store = EmbeddedStore(tmp_path / "index")
+    reader = CountingReader()
+    service = compose_service(encoder, store, ImageLimits(), whitening=0)
+    maintenance = Maintenance(encoder, store, 0, 256, reader)
+    folder = tmp_path / "images"
+    gradients(folder, range(MIN_IMAGES - 1))
+    service.index(FolderSource(folder, 10**8))
+    maintenance.refit()
+    assert store.search_space.view_gate is None and reader.reads == 0  # too few images to try
+    gradients(folder, range(MIN_IMAGES - 1, 25))
+    service.index(FolderSource(folder, 10**8))
+    maintenance.refit()
+    first = store.search_space.view_gate
+    assert first is not None and first.fitted_on == 25
+    gradients(folder, range(25, 50))  # doubled: fitted again on all of them
+    service.index(FolderSource(folder, 10**8))
+    maintenance.refit()
+    assert store.search_space.view_gate is not None and store.search_space.view_gate.fitted_on == 50
+
+    # A copy of the index whose files are gone: one attempt, noted, not repeated until it doubles.
+    gone = EmbeddedStore(tmp_path / "gone")
+    gone.bind_encoder(encoder.info)
+    for rows in store.items():
+        gone.upsert(
+            [i for i, _, _ in rows],
+            np.stack([v for _, v, _ in rows]),
+            [{"file": str(tmp_path / "nowhere" / i)} for i, _, _ in rows],
+        )
+    reader.reads = 0
+    lost = Maintenance(encoder, gone, 0, 256, reader)
+    lost.refit()
+    assert gone.search_space.view_gate is None and 0 < reader.reads <= GATE_TRIES
+    reader.reads = 0
+    lost.refit()
+    assert reader.reads == 0
+    service.close()
+    gone.close()
+
+
 # -- fitted on real photos with the real model ----------------------------------------------------
 
 OUTSIDE = ("camera.jpg", "coins.jpg", "hubble_deep_field.jpg", "ihc.jpg", "retina.jpg")
@@ -173,7 +237,7 @@ def test_indexing_fits_a_gate_for_the_encoder_on_the_collection(
     assert gate is not None and gate.fitted_on == service.count() == 32
     assert service.store.search_space.describe()["view_gate"] == {"fitted_on": 32, "threshold": THRESHOLD}
     # A later index run keeps it: it is fitted once per encoder, not on every refit.
-    service.maintenance.refit(force=True)
+    service.maintenance.refit()
     assert service.store.search_space.view_gate is not None
     np.testing.assert_array_equal(service.store.search_space.view_gate.weights, gate.weights)
 

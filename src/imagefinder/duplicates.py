@@ -37,15 +37,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from imagefinder.duplicates_memory import MARGIN, PreviousScan, ScanBasis, ScanMemory, signature
 from imagefinder.errors import InvalidFilterError, InvalidScanError
-from imagefinder.stores.base import Filter, Payload, VectorStore
+from imagefinder.stores.base import Filter, Hit, Payload, VectorStore
 from imagefinder.stores.filters import conditions, filterable_fields
 
-# Nearest images each image is compared with: a group larger than this is still found whole from
-# its centre's side only if its members are among the centre's k nearest.
+# Nearest images each image is compared with first; an image whose every one of them scores
+# above the threshold (a large group of copies) is searched again for more, up to MAX_NEIGHBOURS,
+# so no pair is cut off by the count. That also makes a scan that carries on from the last one
+# find what a full scan finds: a new image's search reaches every old image it pairs with.
 NEIGHBOURS = 16
+MAX_NEIGHBOURS = 256
 VIEWS_UP_TO = 20_000
 BATCH = 2048
 KeepRule = Literal["resolution", "size", "earliest"]
@@ -212,9 +216,7 @@ class DuplicateFinder:
             queried += len(chosen)
             for start in range(0, len(chosen), self._batch):
                 part = chosen[start : start + self._batch]
-                found = self._store.similar(
-                    np.stack([vector for _, vector, _ in part]), self._k + 1, floor, candidates
-                )
+                found = self._neighbours(np.stack([vector for _, vector, _ in part]), floor, candidates)
                 for (image_id, _, payload), hits in zip(part, found, strict=True):
                     others = [(hit.id, hit.score) for hit in hits if hit.id != image_id]
                     _add_pairs(pairs, image_id, others, across is not None)
@@ -270,6 +272,22 @@ class DuplicateFinder:
             queried,
             kept,
         )
+
+    def _neighbours(
+        self, vectors: NDArray[np.float32], floor: float, candidates: Filter | None
+    ) -> list[list[Hit]]:
+        """Each vector's nearest images scoring at least `floor`: the k nearest, or more (up to
+        MAX_NEIGHBOURS) for a vector whose k nearest all score that high."""
+        k = self._k + 1  # the image itself is among them
+        found = self._store.similar(vectors, k, floor, candidates)
+        full = [i for i, hits in enumerate(found) if len(hits) >= k]
+        while full and k < MAX_NEIGHBOURS + 1:
+            k = min(4 * k, MAX_NEIGHBOURS + 1)
+            again = self._store.similar(vectors[full], k, floor, candidates)
+            for i, hits in zip(full, again, strict=True):
+                found[i] = hits
+            full = [i for i, hits in zip(full, again, strict=True) if len(hits) >= k]
+        return found
 
     def _group(
         self,

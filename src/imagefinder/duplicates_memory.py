@@ -15,6 +15,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tempfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,12 +71,17 @@ class FileScanMemory:
                 {str(k): str(v) for k, v in fields["images"].items()},
                 {(str(a), str(b)): float(score) for a, b, score in fields["pairs"]},
             )
-        except (OSError, ValueError, KeyError, TypeError, EOFError):
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error):
             return None
 
     def save(self, scan: PreviousScan) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._path.with_name(self._path.name + ".partial")
+        # A name of its own: two scans at once each write their own file, and the last replace wins.
+        handle, name = tempfile.mkstemp(
+            prefix=self._path.name + ".", suffix=".partial", dir=self._path.parent
+        )
+        os.close(handle)
+        partial = Path(name)
         document = {
             "basis": asdict(scan.basis),
             "floor": scan.floor,
@@ -83,6 +90,6 @@ class FileScanMemory:
         }
         with gzip.open(partial, "wt", encoding="utf-8", compresslevel=3) as handle:
             json.dump(document, handle, separators=(",", ":"))
-        with open(partial, "rb") as handle:
-            os.fsync(handle.fileno())
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
         partial.replace(self._path)

@@ -5,7 +5,9 @@ run and registered model version that built it).
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,11 @@ from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, REGULARISATION, f
 # threshold use a random sample of this many vectors.
 REFIT_ALWAYS_UP_TO = 50_000
 FIT_SAMPLE = 50_000
+# The view gate's images: at most this many are tried to find SAMPLE readable ones, within this
+# many seconds (a collection of URLs whose hosts are down); and where a failed attempt is noted.
+GATE_TRIES = 2 * SAMPLE
+GATE_READ_S = 120.0
+GATE_TRIED_KEY = "view_gate_tried"
 # What an index records about the model and the MLflow run that built it (see record_provenance).
 PROVENANCE_KEYS = ("model_uri", "model_registry_version", "model_sha256", "index_run_id")
 
@@ -63,7 +70,11 @@ class Maintenance:
         sample = self.store.vectors(limit=FIT_SAMPLE)
         if force or n <= REFIT_ALWAYS_UP_TO or drifted or space.fitted_with != fitted_with:
             space = space.fitted(fit_whitening(sample, self._whitening, self._search_dims), n, fitted_with)
-        self.store.set_search_space(self._with_view_gate(self._calibrated(space, sample), n))
+        space = self._calibrated(space, sample)
+        self.store.set_search_space(space)  # kept even if the gate's fit below fails
+        gated = self._with_view_gate(space, n, force)
+        if gated is not space:
+            self.store.set_search_space(gated)
 
     def calibrate(self) -> float:
         """Recompute the "is this a copy?" threshold from the collection (see `calibration`)."""
@@ -82,28 +93,41 @@ class Maintenance:
         thresholds = calibrate(sample, space.project, fit)
         return space.calibrated(thresholds.copy, thresholds.duplicate)
 
-    def _with_view_gate(self, space: SearchSpace, count: int) -> SearchSpace:
+    def _with_view_gate(self, space: SearchSpace, count: int, force: bool = False) -> SearchSpace:
         """`space` with a view gate for this encoder, fitted on up to `view_gate.SAMPLE` of the
-        collection's images read again; unchanged when it has one, when no reader was given, or
-        when fewer than `view_gate.MIN_IMAGES` images can be read."""
+        collection's images read again. Fitted again when forced, or when it was fitted on fewer
+        than SAMPLE images and the collection has doubled since; not fitted without a reader, or
+        when fewer than `view_gate.MIN_IMAGES` images can be read, and then not tried again until
+        the collection has doubled (reading hundreds of images that are gone costs minutes)."""
         info = self.encoder.info
         key = encoder_key(info.name, info.version, info.dim)
-        if self._reader is None or count < MIN_IMAGES or space.gate_for(key) is not None:
+        gate = space.gate_for(key)
+        if self._reader is None or count < MIN_IMAGES:
+            return space
+        if gate is not None and not force and not (gate.fitted_on < SAMPLE and count >= 2 * gate.fitted_on):
+            return space
+        tried = json.loads(self.store.get_meta(GATE_TRIED_KEY) or "{}")
+        if gate is None and not force and tried.get("encoder") == key and count < 2 * int(tried["count"]):
             return space
         images = self._gate_images()
         if len(images) < MIN_IMAGES:
+            self.store.set_meta(GATE_TRIED_KEY, json.dumps({"encoder": key, "count": count}))
             return space
-        gate = fit_view_gate(images, lambda views: embed_images(self.encoder, views), key)
-        return space.with_view_gate(gate)
+        return space.with_view_gate(
+            fit_view_gate(images, lambda views: embed_images(self.encoder, views), key)
+        )
 
     def _gate_images(self) -> list[Image.Image]:
         """Up to SAMPLE of the collection's images, drawn with a fixed seed; images that can no
-        longer be read are passed over (at most a few times SAMPLE are tried)."""
+        longer be read are passed over, within GATE_TRIES images and GATE_READ_S seconds."""
         assert self._reader is not None
         ids = self.store.ids()
-        tried = random.Random(0).sample(ids, min(len(ids), 3 * SAMPLE))
+        tried = random.Random(0).sample(ids, min(len(ids), GATE_TRIES))
         images: list[Image.Image] = []
+        deadline = time.monotonic() + GATE_READ_S
         for image_id in tried:
+            if len(images) == SAMPLE or time.monotonic() > deadline:
+                break
             payload = self.store.get(image_id)
             if payload is None:
                 continue
@@ -111,8 +135,6 @@ class Maintenance:
                 images.append(self._reader.decode(self._reader.read(image_id, payload), image_id))
             except (SourceError, FetchError, ImageError):
                 continue
-            if len(images) == SAMPLE:
-                break
         return images
 
     # -- provenance (MLflow) ---------------------------------------------------------------

@@ -41,6 +41,7 @@ THRESHOLD = 0.8
 # it is fitted on at all.
 SAMPLE = 200
 MIN_IMAGES = 20
+EMBED_BATCH = 32
 REGULARISATION = 0.1
 STEPS = 500
 LEARNING_RATE = 0.5
@@ -99,7 +100,9 @@ def fit_view_gate(images: Sequence[Image.Image], embed: Embed, encoder: str, see
         others = [*images[:n], *images[n + 1 :]]
         composite.extend(composite_view(image, rng, others, kind) for kind in ("paste", "screenshot", "turn"))
         plain.extend([image, plain_view(image, rng), plain_view(image, rng)])
-    vectors = np.concatenate([embed(composite), embed(plain)])
+    views = [*composite, *plain]
+    # In batches: a large model given hundreds of images in one call can run out of memory.
+    vectors = np.concatenate([embed(views[i : i + EMBED_BATCH]) for i in range(0, len(views), EMBED_BATCH)])
     labels = np.concatenate([np.ones(len(composite)), np.zeros(len(plain))]).astype(np.float32)
     weights, bias = logistic_regression(vectors, labels)
     return ViewGate(weights, bias, THRESHOLD, len(images), encoder)
