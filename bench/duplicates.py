@@ -384,6 +384,7 @@ def scale_incremental(path: Path, n: int) -> dict[str, Any]:
         "incremental_kept_pairs": report.summary["kept_pairs"],
         "incremental_new_copies_grouped_with_original": round(together / len(copies), 4),
         "incremental_groups": len(report.groups),
+        "incremental_rss_process_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10),
     }
 
 
