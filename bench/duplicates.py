@@ -280,7 +280,7 @@ def fill_with_hashes(store: Any, vectors: np.ndarray, first: int) -> None:
 def memory_of(path: Path) -> Any:
     from imagefinder.duplicates_memory import FileScanMemory
 
-    return FileScanMemory(path / "duplicates-scan.json.gz")
+    return FileScanMemory(path / "duplicates-scan.npz")
 
 
 def scale_scan(path: Path, n: int) -> dict[str, Any]:
@@ -335,7 +335,7 @@ def scale_scan(path: Path, n: int) -> dict[str, Any]:
         "images_grouped_that_are_no_planted_pair": strangers,
         "groups": len(report.groups),
         "threshold": SCALE_THRESHOLD,
-        "scan_memory_file_mb": round((path / "duplicates-scan.json.gz").stat().st_size / 2**20, 1),
+        "scan_memory_file_mb": round((path / "duplicates-scan.npz").stat().st_size / 2**20, 1),
     }
 
 

@@ -31,6 +31,7 @@ next scan starts over; those collections are the small, fast ones.
 from __future__ import annotations
 
 import time
+from array import array
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,14 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from imagefinder.duplicates_memory import MARGIN, PreviousScan, ScanBasis, ScanMemory, signature
+from imagefinder.duplicates_memory import (
+    MARGIN,
+    PreviousScan,
+    ScanBasis,
+    ScanMemory,
+    fingerprint,
+    sorted_prints,
+)
 from imagefinder.errors import InvalidFilterError, InvalidScanError
 from imagefinder.stores.base import Filter, Hit, Payload, VectorStore
 from imagefinder.stores.filters import conditions, filterable_fields
@@ -190,10 +198,12 @@ class DuplicateFinder:
         previous = self._memory.load() if remembering and not full and self._memory is not None else None
         if previous is not None and (previous.basis != basis or threshold < previous.floor):
             previous = None
-        known = previous.images if previous is not None else {}
+        # Kept pairs need both images unchanged: the current fingerprints of the ids they name.
+        paired = {image_id for pair in previous.pairs for image_id in pair} if previous is not None else set()
+        now: dict[str, int] = {}
         # Remembered pairs go down to a floor below the threshold (see duplicates_memory).
         floor = threshold - MARGIN if remembering else threshold
-        images: dict[str, str] = {}
+        prints = array("Q")
 
         pairs: dict[tuple[str, str], float] = {}
         lonely: list[tuple[str, Payload]] = []
@@ -210,8 +220,12 @@ class DuplicateFinder:
                     if not all(fields.get(name) == value for name, value in wanted):
                         continue
                 scanned += 1
-                images[image_id] = signature(payload)
-                if known.get(image_id) != images[image_id] or not images[image_id]:
+                print_ = fingerprint(image_id, payload)
+                if print_:
+                    prints.append(print_)
+                if image_id in paired:
+                    now[image_id] = print_
+                if previous is None or not print_ or not previous.knows(print_):
                     chosen.append((image_id, vector, payload))
             queried += len(chosen)
             for start in range(0, len(chosen), self._batch):
@@ -245,13 +259,13 @@ class DuplicateFinder:
         carried: set[tuple[str, str]] = set()
         if previous is not None:
             for (a, b), score in previous.pairs.items():
-                if known.get(a) == images.get(a) and known.get(b) == images.get(b) and (a, b) not in pairs:
+                if previous.knows(now.get(a, 0)) and previous.knows(now.get(b, 0)) and (a, b) not in pairs:
                     pairs[(a, b)] = score
                     carried.add((a, b))
             floor = max(floor, previous.floor)  # the kept pairs are whole only down to their floor
         if remembering and self._memory is not None:
             remembered = {pair: score for pair, score in pairs.items() if score >= floor}
-            self._memory.save(PreviousScan(basis, floor, images, remembered))
+            self._memory.save(PreviousScan(basis, floor, sorted_prints(prints), remembered))
         pairs = {pair: score for pair, score in pairs.items() if score >= threshold}
         kept = len(carried.intersection(pairs))
 

@@ -5,21 +5,30 @@ A scan's pairs stay true as long as the scores they were measured with do: the s
 (projection), filter and number of neighbours. `ScanBasis` is that; a later scan with another
 basis starts over. The pairs are remembered down to a floor `MARGIN` below the threshold, because
 the calibrated threshold moves a little with every index run (it is calibrated on a random
-sample): a later scan whose threshold is at or above the floor reuses them. What is remembered:
-every scanned image's content signature (its content hash), so an image replaced under the same
-id is scanned again, and the pairs found down to the floor.
+sample): a later scan whose threshold is at or above the floor reuses them.
+
+What is remembered of the images is one 8-byte fingerprint of each image's id and content hash,
+kept sorted (8 MB for a million images, where a dictionary of ids would take a hundred times
+more): an image whose fingerprint is there was scanned as it is now; an image replaced under the
+same id has another fingerprint, so it is scanned again.
 """
 
 from __future__ import annotations
 
-import gzip
+import hashlib
+import io
 import json
 import os
 import tempfile
+import zipfile
 import zlib
+from array import array
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
 
 from imagefinder.stores.base import Payload
 
@@ -39,8 +48,12 @@ class ScanBasis:
 class PreviousScan:
     basis: ScanBasis
     floor: float  # every pair of two scanned images at or above it is in `pairs`
-    images: dict[str, str]  # id -> content signature
+    fingerprints: NDArray[np.uint64]  # sorted, one per scanned image (`fingerprint`)
     pairs: dict[Pair, float]
+
+    def knows(self, print_: int) -> bool:
+        at = int(np.searchsorted(self.fingerprints, np.uint64(print_)))
+        return at < len(self.fingerprints) and int(self.fingerprints[at]) == print_
 
 
 class ScanMemory(Protocol):
@@ -49,47 +62,58 @@ class ScanMemory(Protocol):
     def save(self, scan: PreviousScan) -> None: ...
 
 
-def signature(payload: Payload) -> str:
-    """What tells one image's content from the next under the same id."""
-    return str(payload.get("hash") or payload.get("added_at") or "")[:16]
+def fingerprint(image_id: str, payload: Payload) -> int:
+    """One image as it is now: its id and its content (hash, else when it was added); 0 when the
+    payload says nothing about the content (such an image is always scanned again)."""
+    content = str(payload.get("hash") or payload.get("added_at") or "")
+    if not content:
+        return 0
+    digest = hashlib.blake2b(f"{image_id}\0{content}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
+def sorted_prints(prints: array) -> NDArray[np.uint64]:  # type: ignore[type-arg]
+    return np.sort(np.frombuffer(prints, dtype=np.uint64)) if len(prints) else np.zeros(0, np.uint64)
 
 
 class FileScanMemory:
-    """One gzipped JSON file, replaced whole (a reader never sees half of it). An unreadable file
-    is a scan to start over, never an error."""
+    """One compressed NumPy archive, replaced whole (a reader never sees half of it). An
+    unreadable file is a scan to start over, never an error."""
 
     def __init__(self, path: Path) -> None:
         self._path = path
 
     def load(self) -> PreviousScan | None:
         try:
-            with gzip.open(self._path, "rt", encoding="utf-8") as handle:
-                fields = json.load(handle)
-            return PreviousScan(
-                ScanBasis(**fields["basis"]),
-                float(fields["floor"]),
-                {str(k): str(v) for k, v in fields["images"].items()},
-                {(str(a), str(b)): float(score) for a, b, score in fields["pairs"]},
-            )
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error):
+            with np.load(self._path, allow_pickle=False) as saved:
+                header = json.loads(str(saved["header"]))
+                firsts, seconds, scores = saved["first"], saved["second"], saved["score"]
+                together = zip(firsts, seconds, scores, strict=True)
+                pairs = {(str(a), str(b)): float(score) for a, b, score in together}
+                return PreviousScan(
+                    ScanBasis(**header["basis"]), float(header["floor"]), saved["fingerprints"], pairs
+                )
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zlib.error, zipfile.BadZipFile):
             return None
 
     def save(self, scan: PreviousScan) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         # A name of its own: two scans at once each write their own file, and the last replace wins.
-        handle, name = tempfile.mkstemp(
-            prefix=self._path.name + ".", suffix=".partial", dir=self._path.parent
-        )
-        os.close(handle)
+        descriptor, name = tempfile.mkstemp(".partial", self._path.name + ".", self._path.parent)
+        os.close(descriptor)
         partial = Path(name)
-        document = {
-            "basis": asdict(scan.basis),
-            "floor": scan.floor,
-            "images": scan.images,
-            "pairs": [[a, b, score] for (a, b), score in scan.pairs.items()],
-        }
-        with gzip.open(partial, "wt", encoding="utf-8", compresslevel=3) as handle:
-            json.dump(document, handle, separators=(",", ":"))
-        with open(partial, "rb") as written:
-            os.fsync(written.fileno())
+        pairs = list(scan.pairs.items())
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            header=np.array(json.dumps({"basis": asdict(scan.basis), "floor": scan.floor})),
+            fingerprints=scan.fingerprints.astype(np.uint64),
+            first=np.array([a for (a, _), _ in pairs], dtype=str),
+            second=np.array([b for (_, b), _ in pairs], dtype=str),
+            score=np.array([score for _, score in pairs], dtype=np.float32),
+        )
+        with open(partial, "wb") as handle:
+            handle.write(buffer.getvalue())
+            handle.flush()
+            os.fsync(handle.fileno())
         partial.replace(self._path)

@@ -137,7 +137,7 @@ def scan_memory(settings: Settings) -> FileScanMemory:
     index location (a new generation starts over)."""
     location = served_location(settings)
     digest = hashlib.sha256(location.encode("utf-8")).hexdigest()[:16]
-    return FileScanMemory(settings.home_dir / "scans" / f"duplicates-{digest}.json.gz")
+    return FileScanMemory(settings.home_dir / "scans" / f"duplicates-{digest}.npz")
 
 
 def build_tracker(settings: Settings) -> Tracker:
