@@ -290,7 +290,7 @@ def finetune() -> list[str]:
     ]
     near = results["near_duplicate"]
     for model, label in (("base", "base (ImageNet)"), ("finetuned", "self-supervised")):
-        for views in ("adaptive", "single"):
+        for views in [v for v in ("adaptive", "thorough", "single") if v in near[model]]:
             row = near[model][views]
             family = row.get("per_family_recall@1", {})
             lines.append(
@@ -302,7 +302,7 @@ def finetune() -> list[str]:
     for loss, label in (("supcon", "SupCon"), ("proxy", "proxy softmax")):
         models = (("base", "base"), ("finetuned", f"supervised ({label})"))
         for model, name in models if loss == "supcon" else models[1:]:
-            for views in ("adaptive", "single"):
+            for views in [v for v in ("adaptive", "thorough", "single") if v in same[loss][model]]:
                 row = same[loss][model][views]
                 lines.append(
                     f"| same-class, {name} | {views} | {row['recall@1']:.3f} | {row['mAP']:.3f} "
