@@ -22,7 +22,7 @@ from imagefinder.errors import (
 )
 from imagefinder.search_space import SearchSpace
 from imagefinder.stores.embedded import EmbeddedStore
-from imagefinder.view_gate import ViewGate
+from imagefinder.view_gate import ViewGate, encoder_key
 
 INFO = EncoderInfo("test-encoder", "1", 4, "none")
 Opener = Callable[[], Any]
@@ -329,14 +329,15 @@ def test_an_index_of_the_fp32_encoder_says_how_to_keep_using_it(tmp_path: Path) 
 def test_the_view_gate_is_kept_with_the_search_space_and_outlives_a_refit(store: Any, opener: Opener) -> None:
     rng = np.random.default_rng(4)
     weights = rng.normal(size=192).astype(np.float32)  # as wide as a real encoder's vectors can be
-    gate = ViewGate(weights, -0.25, 0.9, 37, "fake:1:4")
+    gate = ViewGate(weights, -0.25, 0.9, 37, encoder_key(INFO))
     store.set_search_space(SearchSpace().calibrated(0.6).with_view_gate(gate))
     store.close()
     kept = opener().search_space
     assert kept.view_gate is not None
     np.testing.assert_array_equal(kept.view_gate.weights, weights)
     assert (kept.view_gate.bias, kept.view_gate.threshold, kept.view_gate.fitted_on) == (-0.25, 0.9, 37)
-    assert kept.gate_for("fake:1:4") is kept.view_gate and kept.gate_for("other:1:4") is None
+    other = EncoderInfo("other-encoder", "1", 4, "none")
+    assert kept.gate_for(INFO) is kept.view_gate and kept.gate_for(other) is None
     # A new projection and a new threshold keep the gate: it reads raw encoder vectors.
     matrix = np.eye(4, dtype=np.float32)[:, :3]
     refitted = kept.fitted((np.zeros(4, np.float32), matrix), 40, "test fit").calibrated(0.7)

@@ -97,7 +97,7 @@ def gated_service(
             bias,
             0.9,
             30,
-            key or encoder_key(info.name, info.version, info.dim),
+            key or encoder_key(info),
         )
         service.store.set_search_space(service.store.search_space.with_view_gate(gate))
     return service, encoder
@@ -233,7 +233,7 @@ def test_indexing_fits_a_gate_for_the_encoder_on_the_collection(
 ) -> None:
     service, work = gated_index
     info = service.encoder.info
-    gate = service.store.search_space.gate_for(encoder_key(info.name, info.version, info.dim))
+    gate = service.store.search_space.gate_for(info)
     assert gate is not None and gate.fitted_on == service.count() == 32
     assert service.store.search_space.describe()["view_gate"] == {"fitted_on": 32, "threshold": THRESHOLD}
     # A later index run keeps it: it is fitted once per encoder, not on every refit.

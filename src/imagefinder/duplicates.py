@@ -20,11 +20,11 @@ can review, each with a suggested keeper.
 Incremental (with a `ScanMemory`): a later scan with the same basis (search space, filter,
 neighbours; `duplicates_memory.ScanBasis`) and a threshold at or above the remembered pairs'
 floor queries only the images added or changed since, keeps the earlier pairs whose two images
-are unchanged, and groups again. Only scans without the
-second look and without `across`/`against` are incremental: an image looked at again would have
-to be looked at again whenever any image is added (a new photo may be pasted in an old one), and
-a directed scan would have to query the old `across` images against every new `against` one.
-Below `maintenance.REFIT_ALWAYS_UP_TO` images, every index run learns a new projection, so the
+are unchanged, and groups again. Only scans without the second look and without
+`across`/`against` are incremental: an image looked at again would have to be looked at again
+whenever any image is added (a new photo may be pasted in an old one), and a directed scan would
+have to query the old `across` images against every new `against` one. Whitened collections
+below `maintenance.REFIT_ALWAYS_UP_TO` images learn a new projection at every index run, so the
 next scan starts over; those collections are the small, fast ones.
 """
 

@@ -22,10 +22,10 @@ from imagefinder.search_space import SearchSpace
 from imagefinder.stores.base import VectorStore
 from imagefinder.tracking import ModelRecord
 from imagefinder.view_gate import MIN_IMAGES, SAMPLE, encoder_key, fit_view_gate
+from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, REGULARISATION, fit_whitening
 
 if TYPE_CHECKING:  # training.data imports the evaluation runner, which imports the service
     from imagefinder.training.data import ImageReader
-from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, REGULARISATION, fit_whitening
 
 # Up to this size the whitening is learned again after every index run (seconds at most);
 # beyond it, only when the collection has grown or shrunk by a quarter since the last fit, since
@@ -99,9 +99,8 @@ class Maintenance:
         than SAMPLE images and the collection has doubled since; not fitted without a reader, or
         when fewer than `view_gate.MIN_IMAGES` images can be read, and then not tried again until
         the collection has doubled (reading hundreds of images that are gone costs minutes)."""
-        info = self.encoder.info
-        key = encoder_key(info.name, info.version, info.dim)
-        gate = space.gate_for(key)
+        key = encoder_key(self.encoder.info)
+        gate = space.gate_for(self.encoder.info)
         if self._reader is None or count < MIN_IMAGES:
             return space
         if gate is not None and not force and not (gate.fitted_on < SAMPLE and count >= 2 * gate.fitted_on):

@@ -25,8 +25,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.calibration import DEFAULT_THRESHOLD
+from imagefinder.encoders.base import EncoderInfo
 from imagefinder.errors import StoreError
-from imagefinder.view_gate import ViewGate
+from imagefinder.view_gate import ViewGate, encoder_key
 
 # whitened = l2n((x - mean) @ matrix)
 Projection = tuple[NDArray[np.float32], NDArray[np.float32]]
@@ -88,10 +89,10 @@ class SearchSpace:
     def with_view_gate(self, gate: ViewGate) -> SearchSpace:
         return replace(self, view_gate=gate, version=self.new_version())
 
-    def gate_for(self, encoder: str) -> ViewGate | None:
-        """The view gate, when it was fitted for `encoder` (`view_gate.encoder_key`)."""
+    def gate_for(self, encoder: EncoderInfo) -> ViewGate | None:
+        """The view gate, when it was fitted for `encoder`'s vectors."""
         gate = self.view_gate
-        return gate if gate is not None and gate.encoder == encoder else None
+        return gate if gate is not None and gate.encoder == encoder_key(encoder) else None
 
     def dim(self, encoder_dim: int) -> int:
         """The searched dimension."""

@@ -25,7 +25,6 @@ from imagefinder.indexer import Indexer, IndexReport
 from imagefinder.maintenance import Maintenance
 from imagefinder.sources import SourceEntry
 from imagefinder.stores.base import Filter, Hit, VectorStore
-from imagefinder.view_gate import encoder_key
 from imagefinder.views import extra_views, view_source
 
 # "single": one encoder run per query. "adaptive": a second pass with extra views when the first
@@ -145,8 +144,7 @@ class ImageFinder:
     def _second_pass_wanted(self, views: QueryViews, vector: NDArray[np.float32]) -> bool:
         if views != "adaptive":
             return views == "thorough"
-        info = self.model
-        gate = self.store.search_space.gate_for(encoder_key(info.name, info.version, info.dim))
+        gate = self.store.search_space.gate_for(self.model)
         return gate is None or gate.wants_views(vector)
 
     def search_vector(

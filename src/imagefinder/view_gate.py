@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from imagefinder.encoders.base import EncoderInfo
 from imagefinder.training.augment import composite_view, plain_view
 
 THRESHOLD = 0.8
@@ -86,9 +87,9 @@ class ViewGate:
         )
 
 
-def encoder_key(name: str, version: str, dim: int) -> str:
+def encoder_key(info: EncoderInfo) -> str:
     """Which encoder's vectors a gate reads: another encoder or version needs a gate of its own."""
-    return f"{name}:{version}:{dim}"
+    return f"{info.name}:{info.version}:{info.dim}"
 
 
 def fit_view_gate(images: Sequence[Image.Image], embed: Embed, encoder: str, seed: int = 0) -> ViewGate:

@@ -126,9 +126,8 @@ def duplicate_finder(
             return None
         return [(result.id, result.score) for result in found]
 
-    info = service.encoder.info
     return DuplicateFinder(
-        service.store, look_again, memory=memory, encoder=encoder_key(info.name, info.version, info.dim)
+        service.store, look_again, memory=memory, encoder=encoder_key(service.encoder.info)
     )
 
 
