@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--views", default="adaptive,single")
     parser.add_argument("--learning-rate", type=float, default=FinetuneOptions().learning_rate)
     parser.add_argument("--train-from", type=int, default=FinetuneOptions().train_from)
+    parser.add_argument("--collection-weight", type=float, default=FinetuneOptions().collection_weight)
     parser.add_argument("--work", type=Path, help="Keep indexes and models here (default: temporary).")
     args = parser.parse_args()
     single_threaded_blas()
@@ -139,7 +140,12 @@ def main() -> None:
         },
         "command": " ".join(sys.argv),
     }
-    common = FinetuneOptions(epochs=args.epochs, learning_rate=args.learning_rate, train_from=args.train_from)
+    common = FinetuneOptions(
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        train_from=args.train_from,
+        collection_weight=args.collection_weight,
+    )
     views = args.views.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)

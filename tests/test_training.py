@@ -43,6 +43,22 @@ def test_info_nce_prefers_views_of_the_same_image() -> None:
     assert losses.info_nce(aligned, instance, 0.1) < losses.info_nce(shuffled, instance, 0.1)
 
 
+def test_collection_contrast_picks_each_view_s_own_image_and_trains_only_the_views() -> None:
+    generator = torch.Generator().manual_seed(0)
+    bank = torch.nn.functional.normalize(torch.randn(20, 32, generator=generator), dim=1)
+    rows = torch.tensor([3, 3, 11, 11])
+    near = torch.nn.functional.normalize(bank[rows] + 0.1 * torch.randn(4, 32, generator=generator), dim=1)
+    wrong = near[[2, 3, 0, 1]]
+    assert losses.collection_contrast(near, rows, bank, 0.05) < losses.collection_contrast(
+        wrong, rows, bank, 0.05
+    )
+    views = near.clone().requires_grad_(True)
+    held = bank.clone().requires_grad_(True)
+    losses.collection_contrast(views, rows, held, 0.05).backward()
+    assert views.grad is not None and float(views.grad.abs().sum()) > 0
+    assert held.grad is None  # the bank is a fixed target, refreshed each epoch
+
+
 def test_koleo_rewards_spread() -> None:
     spread = torch.eye(8)
     bunched = torch.nn.functional.normalize(torch.ones(8, 8) + 0.01 * torch.eye(8), dim=1)

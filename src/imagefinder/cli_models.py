@@ -71,6 +71,14 @@ from imagefinder.config import Settings
     help="With labels: supervised contrastive, or a proxy softmax.",
 )
 @click.option(
+    "--collection-weight",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Self-supervised: weight of the term that scores each edited view against the whole "
+    "collection (0: against its batch only).",
+)
+@click.option(
     "--apply", is_flag=True, help="Then re-embed the collection with the new version and switch to it."
 )
 @click.option(

@@ -60,6 +60,7 @@ class FinetuneOptions:
     supervised_loss: str = "supcon"
     train_from: int = 10
     min_images_per_epoch: int = 512
+    collection_weight: float = 1.0
 
     @property
     def supervised(self) -> bool:

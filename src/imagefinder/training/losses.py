@@ -2,6 +2,9 @@
 
 - `info_nce`: contrastive copy detection (SimCLR, SSCD): two views of one image are a positive
   pair, every other view in the batch a negative.
+- `collection_contrast`: each edited view against the plain embedding of every training image
+  (a bank refreshed each epoch), its own image the one to pick: the question a search asks of a
+  copy, with the whole collection as negatives rather than one batch of it.
 - `koleo`: the Kozachenko-Leonenko entropy term of SSCD, which pushes each embedding away from
   its nearest neighbour in the batch, so the vectors spread over the sphere instead of
   collapsing into a few directions (a spread space keeps cosine scores meaningful for the copy
@@ -41,6 +44,13 @@ def supervised_contrastive(
         return embeddings.sum() * 0.0
     mean_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)[has_positive] / counts[has_positive]
     return -mean_log_prob.mean()
+
+
+def collection_contrast(
+    embeddings: torch.Tensor, rows: torch.Tensor, bank: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Mean cross-entropy of picking row `rows[i]` of `bank` (fixed, no gradient) for view i."""
+    return F.cross_entropy(embeddings @ bank.detach().T / temperature, rows)
 
 
 def koleo(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

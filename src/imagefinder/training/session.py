@@ -57,6 +57,7 @@ def train_and_export(
         supervised_loss=options.supervised_loss,
         train_from=options.train_from,
         min_images_per_epoch=options.min_images_per_epoch,
+        collection_weight=options.collection_weight,
     )
     train_positions, validation, held = _validation(
         data,

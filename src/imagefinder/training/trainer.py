@@ -6,7 +6,8 @@ did); the stem and the early blocks keep their ImageNet weights. The embedding i
 own (GeM, L2), so the result is the same architecture at the same query cost.
 
 Losses (see `losses`): self-supervised copy detection (InfoNCE between two edited views of each
-image + KoLeo spread), supervised (SupCon or a proxy softmax over the labels), or both summed.
+image, each view against the plain embeddings of the whole training collection, and KoLeo
+spread), supervised (SupCon or a proxy softmax over the labels), or both summed.
 Validation after every epoch, early stopping on it, the best epoch's weights kept.
 """
 
@@ -44,6 +45,8 @@ class TrainSettings:
     weight_decay: float = 1e-4
     temperature: float = 0.05
     koleo_weight: float = 0.1
+    # Weight of `losses.collection_contrast` in self-supervised training (0: batch negatives only).
+    collection_weight: float = 1.0
     supervised_loss: SupervisedLoss = "supcon"
     # Index of the first trained block of the trunk's 16 (the rest stay as ImageNet made them).
     train_from: int = 10
@@ -143,8 +146,13 @@ class Trainer:
         before = validation.score(self._embed)
         result = TrainingResult(model, before=before, after=before, metric=validation.metric)
         best_state, best_score, waited = copy.deepcopy(model.state_dict()), before, 0
+        collection = _unique(train)
+        bank_row = {img.id: row for row, img in enumerate(collection)}
         for epoch in range(1, s.epochs + 1):
             started, seen, total = time.perf_counter(), 0, 0.0
+            bank = None
+            if self_supervised and s.collection_weight > 0:
+                bank = torch.from_numpy(self._embed([img.image for img in collection])).to(self.device)
             order: list[TrainingImage] = []
             while len(order) < per_epoch:
                 cycle = list(train)
@@ -158,6 +166,11 @@ class Trainer:
                 views, instance, labels = self._views(batch, rng, others, two=self_supervised)
                 embeddings = self._forward(views)
                 loss = self._loss(embeddings, instance, labels, self_supervised, supervised, proxies)
+                if bank is not None:
+                    rows = torch.tensor([bank_row[item.id] for item in batch for _ in range(2)])
+                    loss = loss + s.collection_weight * losses.collection_contrast(
+                        embeddings, rows.to(self.device), bank, s.temperature
+                    )
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
@@ -307,6 +320,14 @@ def _unfreeze_last_stages(model: PooledEmbedder, train_from: int) -> list[torch.
             parameter.requires_grad_(True)
             trainable.append(parameter)
     return trainable
+
+
+def _unique(train: Sequence[TrainingImage]) -> list[TrainingImage]:
+    """Each training image once, in first-seen order."""
+    seen: dict[str, TrainingImage] = {}
+    for img in train:
+        seen.setdefault(img.id, img)
+    return list(seen.values())
 
 
 def _embedding_dim(model: PooledEmbedder) -> int:
