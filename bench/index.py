@@ -16,7 +16,8 @@ only opened the store (RSS after open minus RSS before). Rows:
 - `exact-numpy`: the same vectors scanned exactly with one matrix product (the old default).
 - `milvus`: the same vectors in `MilvusStore` on a real Milvus server (the `milvus` PyPI package,
   standalone) at `--milvus-size` (100k): build includes waiting for Milvus's HNSW build; memory is
-  the server process's RSS growth.
+  the server process's RSS growth. `scan_rows_per_s_*`: the duplicates scan's `similar` over
+  2,000 stored rows, batched into requests against one request per row.
 
 usage: python bench/index.py [--sizes 25000,...,1000000] [--data tight,overlapping,real]
                              [--out bench/results/index.json]
@@ -46,6 +47,7 @@ from tests.live import percentile  # noqa: E402  (the same helper the tests use)
 DIM = 256
 CLUSTERS = 1000
 QUERIES = 500
+SCAN_ROWS = 2000  # rows of the Milvus duplicates-scan measurement
 
 
 SPREADS = {"tight": 0.8, "overlapping": 2.0}
@@ -294,6 +296,7 @@ def milvus_row(n: int) -> dict[str, Any]:
         latencies, found = timed_searches(store, queries)
         filtered, _ = timed_searches(store, queries[:100], where={"source": "s3"})
         memory = process_rss(pid) - rss_before
+        scan = similar_rates(store, vectors[:SCAN_ROWS])
         store.close()
     finally:
         server.stop()
@@ -310,6 +313,26 @@ def milvus_row(n: int) -> dict[str, Any]:
         "build_s": round(build_s, 1),
         **store_figures(n, memory, disk, latencies, filtered, recall),
         "reopen_s": round(reopen_s, 2),
+        **scan,
+    }
+
+
+def similar_rates(store: Any, rows: np.ndarray) -> dict[str, Any]:
+    """Rows per second of `similar` (the duplicates scan's k-nearest self-join, k=11), asked all
+    at once (the store batches them into requests) and one row per call (one request each, as
+    before batching); both must find the same neighbours."""
+    t = time.perf_counter()
+    batched = store.similar(rows, 11, -1.0)
+    batched_s = time.perf_counter() - t
+    t = time.perf_counter()
+    single = [store.similar(row[None, :], 11, -1.0)[0] for row in rows]
+    single_s = time.perf_counter() - t
+    same = np.mean([[h.id for h in a] == [h.id for h in b] for a, b in zip(batched, single, strict=True)])
+    return {
+        "scan_rows": len(rows),
+        "scan_rows_per_s_batched": round(len(rows) / batched_s, 1),
+        "scan_rows_per_s_one_per_request": round(len(rows) / single_s, 1),
+        "scan_same_neighbours": round(float(same), 4),
     }
 
 

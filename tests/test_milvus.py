@@ -154,6 +154,17 @@ def test_migration_carries_the_search_space_so_copies_are_judged_alike(
             assert [(i, c) for i, _, c in ours] == [(i, c) for i, _, c in theirs], label
             assert [s for _, s, _ in ours] == pytest.approx([s for _, s, _ in theirs], abs=2e-3), label
 
+    # The duplicates scan (Milvus answers its rows many per request) finds the same groups.
+    groups = {}
+    for label, location in (("embedded", None), ("milvus", target), ("back", str(back))):
+        report = tmp_path / f"duplicates-{label}.json"
+        where = ["--store", location] if location else []
+        run_cli(tmp_path, *where, "duplicates", "--json", str(report))
+        found = json.loads(report.read_text())["groups"]
+        groups[label] = sorted(sorted(m["id"] for m in group["members"]) for group in found)
+    assert len(groups["embedded"]) >= 10  # each photo's mirror is a copy of it
+    assert groups["milvus"] == groups["embedded"] == groups["back"]
+
 
 def test_reindex_and_rollback_on_milvus_through_the_cli(
     tmp_path: Path, few_dozen_photos: Path, model_cache: Path, milvus_server: str

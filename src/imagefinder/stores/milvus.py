@@ -33,6 +33,7 @@ import random
 import re
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,9 @@ log = logging.getLogger(__name__)
 ID_MAX_BYTES = 2048  # ids are at most 512 characters, up to 4 bytes each in UTF-8
 # Raw-cosine candidates per query view that are re-scored in a whitened search space.
 RERANK_CANDIDATES = 50
+# A duplicates scan asks for this many hits per request at most (rows x limit): the hits carry
+# their vectors when the space is whitened, and a gRPC answer has a size limit.
+SIMILAR_HITS_PER_REQUEST = 4096
 # How long a process trusts its copy of the search space before asking the server again: other
 # processes' writes become visible within about a second anyway.
 SPACE_CHECK_S = 1.0
@@ -187,12 +191,19 @@ class MilvusStore:
     def similar(
         self, vectors: NDArray[np.float32], k: int, min_score: float, where: Filter | None = None
     ) -> list[list[Hit]]:
-        """One search per row, one after another: correct, but a scan of a large Milvus collection
-        is slow (batching the rows into one request is not done)."""
-        return [
-            [hit for hit in self.search(row, k, where=where) if hit.score >= min_score]
-            for row in np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        ]
+        """Many rows per request (a duplicates scan sends thousands), each answered on its own."""
+        queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if k < 1 or self._encoder is None:
+            return [[] for _ in range(len(queries))]
+        space = self.search_space
+        results: list[list[Hit]] = []
+        rows_per_request = max(1, SIMILAR_HITS_PER_REQUEST // _limit(k, space, self._rerank))
+        for start in range(0, len(queries), rows_per_request):
+            chunk = queries[start : start + rows_per_request]
+            for row, found in zip(chunk, self._candidates(chunk, k, where, space), strict=True):
+                best = _scores(found, row[None, :], np.zeros(1), space)
+                results.append([hit for hit in ranked(_hits(found, best), k) if hit.score >= min_score])
+        return results
 
     def search(
         self,
@@ -201,40 +212,48 @@ class MilvusStore:
         penalties: NDArray[np.float32] | None = None,
         where: Filter | None = None,
     ) -> list[Hit]:
+        """One query of one or more views: an image's best score over the views, each view's
+        score lowered by its penalty."""
         queries = np.atleast_2d(np.asarray(vector, dtype=np.float32))
         offsets = np.zeros(len(queries)) if penalties is None else np.asarray(penalties, dtype=np.float64)
-        expression = _expression(conditions(where)) if where else ""
         if k < 1 or self._encoder is None:
             return []
         space = self.search_space
+        found: dict[str, _Candidate] = {}
+        for view, hits in enumerate(self._candidates(queries, k, where, space)):
+            for image_id, candidate in hits.items():
+                score = candidate.distance - float(offsets[view])
+                kept = found.get(image_id)
+                if kept is None or score > kept.distance:
+                    found[image_id] = _Candidate(score, candidate.payload, candidate.vector)
+        return ranked(_hits(found, _scores(found, queries, offsets, space)), k)
+
+    def _candidates(
+        self, queries: NDArray[np.float32], k: int, where: Filter | None, space: SearchSpace
+    ) -> list[dict[str, _Candidate]]:
+        """For each row of `queries`, the index's nearest images (raw inner products), in one
+        request; with their stored vectors when the space is whitened, for re-scoring."""
         whitened = space.projection is not None
-        # A few more than k, so that images tied at the cut can be ordered by id like the
-        # embedded store does (Milvus returns an arbitrary subset of a tie); more when the
-        # candidates are re-scored in a whitened space.
-        limit = min(16384, max(k + 16, self._rerank if whitened else 0))
+        limit = _limit(k, space, self._rerank)
         answers = self._call(
             self._client.search,
             self.collection,
             data=queries.tolist(),
             limit=limit,
-            filter=expression,
+            filter=_expression(conditions(where)) if where else "",
             output_fields=["payload", "vector"] if whitened else ["payload"],
             search_params={"metric_type": "IP", "params": {"ef": max(self._ef, 2 * limit)}},
             consistency_level=self._level(),
         )
-        found: dict[str, dict[str, Any]] = {}
-        best: dict[str, float] = {}
-        for view, hits in enumerate(answers):
-            for hit in hits:
-                found[hit["id"]] = hit["entity"]
-                score = float(hit["distance"]) - float(offsets[view])
-                best[hit["id"]] = max(score, best.get(hit["id"], -np.inf))
-        if whitened and found:
-            ids = list(found)
-            stored = np.asarray([found[i]["vector"] for i in ids], dtype=np.float32)
-            exact = space.project(stored) @ space.project(queries).T - offsets.astype(np.float32)
-            best = dict(zip(ids, exact.max(axis=1).tolist(), strict=True))
-        return ranked(((i, score, found[i]["payload"]) for i, score in best.items()), k)
+        return [
+            {
+                hit["id"]: _Candidate(
+                    float(hit["distance"]), hit["entity"]["payload"], hit["entity"].get("vector")
+                )
+                for hit in hits
+            }
+            for hits in answers
+        ]
 
     def get(self, image_id: str) -> Payload | None:
         if self._encoder is None:
@@ -405,3 +424,37 @@ def _expression(checked: Conditions) -> str:
 
 def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    distance: float  # Milvus's inner product, or that less the view's penalty
+    payload: Payload
+    vector: list[float] | None  # when asked for (a whitened space re-scores from it)
+
+
+def _limit(k: int, space: SearchSpace, rerank: int) -> int:
+    """How many to ask Milvus for: a few more than k, so that images tied at the cut can be
+    ordered by id like the embedded store does (Milvus returns an arbitrary subset of a tie);
+    more when the candidates are re-scored in a whitened space."""
+    return min(16384, max(k + 16, rerank if space.projection is not None else 0))
+
+
+def _scores(
+    found: dict[str, _Candidate],
+    queries: NDArray[np.float32],
+    offsets: NDArray[np.float64],
+    space: SearchSpace,
+) -> dict[str, float]:
+    """Each candidate's score in the search space: the index's own in a raw space, re-scored
+    exactly from the stored vectors in a whitened one."""
+    if space.projection is None or not found:
+        return {image_id: candidate.distance for image_id, candidate in found.items()}
+    ids = list(found)
+    stored = np.asarray([found[i].vector for i in ids], dtype=np.float32)
+    exact = space.project(stored) @ space.project(queries).T - offsets.astype(np.float32)
+    return dict(zip(ids, exact.max(axis=1).tolist(), strict=True))
+
+
+def _hits(found: dict[str, _Candidate], scores: dict[str, float]) -> Iterator[tuple[str, float, Payload]]:
+    return ((image_id, score, found[image_id].payload) for image_id, score in scores.items())
