@@ -257,7 +257,7 @@ def milvus_row(n: int) -> dict[str, Any]:
     from milvus import MilvusServer
 
     from imagefinder.encoders.base import EncoderInfo
-    from imagefinder.stores.milvus import MilvusStore
+    from imagefinder.stores.milvus import INDEX_PARAMS, MilvusStore
 
     base = Path(tempfile.mkdtemp(prefix="bench-milvus-"))
     server = MilvusServer()
@@ -305,7 +305,8 @@ def milvus_row(n: int) -> dict[str, Any]:
     recall = recall_at_10(found, exact_top10(vectors, queries))
     return {
         "store": "milvus",
-        "index": "Milvus 2.3.5 standalone, HNSW M=16 efConstruction=200, ef=256, Session consistency",
+        "index": f"Milvus 2.3.5 standalone, HNSW M={INDEX_PARAMS['M']} "
+        f"efConstruction={INDEX_PARAMS['efConstruction']}, ef=256, Session consistency",
         "n": n,
         "dim": DIM,
         "queries": QUERIES,
@@ -424,7 +425,8 @@ def main() -> None:
                 f"      milvus {data:>11} n={row['n']:>8}  build {row['build_s']:>6} s  "
                 f"{row['bytes_per_vector']:>7} B/vec  p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  "
                 f"{row['qps']:>8} q/s  recall@10 {row['recall_at_10']}  reopen {row['reopen_s']} s  "
-                f"filtered p50 {row['filtered_p50_ms']} ms",
+                f"filtered p50 {row['filtered_p50_ms']} ms  scan rows/s {row['scan_rows_per_s_batched']} "
+                f"batched, {row['scan_rows_per_s_one_per_request']} one per request",
                 flush=True,
             )
     if args.out:

@@ -11,9 +11,10 @@ collection holds what each index records about itself (encoder, schema version, 
   search wait for Milvus's time tick: 400 ms per query measured on this machine with Milvus
   2.3.5, against a few ms with Session (bench/results/index.json). Writes of another process
   (a CLI run while the server serves) become visible within about a second.
-- Index: HNSW on inner product (the vectors are L2-normalised, so scores are cosines), M=16,
-  efConstruction=200, ef at search max(256, 2 x the candidates asked for); configurable. ef 64
-  found 0.80 of the true top 10 on overlapping data at 100k, 256 found 0.88-0.96 (bench-index).
+- Index: HNSW on inner product (the vectors are L2-normalised, so scores are cosines), M=32,
+  efConstruction=200, ef at search max(256, 2 x the candidates asked for); configurable. M=16
+  found 0.88-0.96 of the true top 10 on overlapping data at 100k in three builds, M=32 0.977
+  (docs/scaling.md, "Milvus"); an existing collection keeps the M it was built with.
 - The search space (`imagefinder.search_space`) is honoured by re-scoring: Milvus keeps the
   encoder's vectors and finds `rerank` raw-cosine candidates per view, which are then scored in
   the space's whitened projection, so scores and the copy threshold mean what they mean in the
@@ -57,6 +58,8 @@ from imagefinder.stores.milvus_meta import MilvusCalls, MilvusMeta
 log = logging.getLogger(__name__)
 
 ID_MAX_BYTES = 2048  # ids are at most 512 characters, up to 4 bytes each in UTF-8
+# HNSW's graph: M=16 lost a tenth of the true neighbours on overlapping data in some builds.
+INDEX_PARAMS = {"M": 32, "efConstruction": 200}
 # Raw-cosine candidates per query view that are re-scored in a whitened search space.
 RERANK_CANDIDATES = 50
 # A duplicates scan asks for this many hits per request at most (rows x limit): the hits carry
@@ -94,7 +97,7 @@ class MilvusStore:
         self.collection = collection
         self.location = f"{server}/{collection}"
         self._rerank = rerank
-        self._index_params = index_params or {"M": 16, "efConstruction": 200}
+        self._index_params = index_params or dict(INDEX_PARAMS)
         self._ef = ef
         self._consistency = consistency
         # pymilvus advances the Session timestamp on inserts and upserts but not on deletes: the
