@@ -319,14 +319,17 @@ def milvus_row(n: int) -> dict[str, Any]:
 
 
 def similar_rates(store: Any, rows: np.ndarray) -> dict[str, Any]:
-    """Rows per second of `similar` (the duplicates scan's k-nearest self-join, k=11), asked all
-    at once (the store batches them into requests) and one row per call (one request each, as
-    before batching); both must find the same neighbours."""
+    """Rows per second of `similar` with the duplicates scan's k (its neighbours and the image
+    itself), asked all at once (the store batches them into requests) and one row per call (one
+    request each, as before batching), and the share of rows given the same neighbours by both."""
+    from imagefinder.duplicates import NEIGHBOURS
+
+    k = NEIGHBOURS + 1
     t = time.perf_counter()
-    batched = store.similar(rows, 11, -1.0)
+    batched = store.similar(rows, k, -1.0)
     batched_s = time.perf_counter() - t
     t = time.perf_counter()
-    single = [store.similar(row[None, :], 11, -1.0)[0] for row in rows]
+    single = [store.similar(row[None, :], k, -1.0)[0] for row in rows]
     single_s = time.perf_counter() - t
     same = np.mean([[h.id for h in a] == [h.id for h in b] for a, b in zip(batched, single, strict=True)])
     return {

@@ -59,6 +59,20 @@ def test_collection_contrast_picks_each_view_s_own_image_and_trains_only_the_vie
     assert held.grad is None  # the bank is a fixed target, refreshed each epoch
 
 
+def test_collection_contrast_does_not_push_away_images_of_the_same_label() -> None:
+    """Training with labels and without: another image of the view's label is no negative."""
+    bank = torch.eye(4)
+    view = torch.nn.functional.normalize(torch.tensor([[1.0, 1.0, 0.0, 0.0]]), dim=1)
+    rows = torch.tensor([0])
+    unlabelled = losses.collection_contrast(view, rows, bank, 0.1)
+    same_label = losses.collection_contrast(view, rows, bank, 0.1, torch.tensor([7, 7, -1, -1]))
+    other_label = losses.collection_contrast(view, rows, bank, 0.1, torch.tensor([7, 8, -1, -1]))
+    assert float(same_label) < float(unlabelled) == pytest.approx(float(other_label))
+    assert float(same_label) == pytest.approx(
+        float(losses.collection_contrast(view, rows, bank[[0, 2, 3]], 0.1))
+    )
+
+
 def test_koleo_rewards_spread() -> None:
     spread = torch.eye(8)
     bunched = torch.nn.functional.normalize(torch.ones(8, 8) + 0.01 * torch.eye(8), dim=1)

@@ -62,9 +62,11 @@ ID_MAX_BYTES = 2048  # ids are at most 512 characters, up to 4 bytes each in UTF
 INDEX_PARAMS = {"M": 32, "efConstruction": 200}
 # Raw-cosine candidates per query view that are re-scored in a whitened search space.
 RERANK_CANDIDATES = 50
-# A duplicates scan asks for this many hits per request at most (rows x limit): the hits carry
-# their vectors when the space is whitened, and a gRPC answer has a size limit.
+# A duplicates scan asks for this many hits per request at most (rows x limit), and for fewer
+# when the hits carry their vectors (a whitened space): at most this many floats, which pymilvus
+# hands over as Python floats (about 32 bytes each).
 SIMILAR_HITS_PER_REQUEST = 4096
+SIMILAR_FLOATS_PER_REQUEST = 1_000_000
 # How long a process trusts its copy of the search space before asking the server again: other
 # processes' writes become visible within about a second anyway.
 SPACE_CHECK_S = 1.0
@@ -196,14 +198,18 @@ class MilvusStore:
     ) -> list[list[Hit]]:
         """Many rows per request (a duplicates scan sends thousands), each answered on its own."""
         queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        expression = _expression(conditions(where)) if where else ""  # a bad filter fails first
         if k < 1 or self._encoder is None:
             return [[] for _ in range(len(queries))]
         space = self.search_space
         results: list[list[Hit]] = []
-        rows_per_request = max(1, SIMILAR_HITS_PER_REQUEST // _limit(k, space, self._rerank))
+        hits = SIMILAR_HITS_PER_REQUEST
+        if space.projection is not None:
+            hits = min(hits, SIMILAR_FLOATS_PER_REQUEST // self._encoder.dim)
+        rows_per_request = max(1, hits // _limit(k, space, self._rerank))
         for start in range(0, len(queries), rows_per_request):
             chunk = queries[start : start + rows_per_request]
-            for row, found in zip(chunk, self._candidates(chunk, k, where, space), strict=True):
+            for row, found in zip(chunk, self._candidates(chunk, k, expression, space), strict=True):
                 best = _scores(found, row[None, :], np.zeros(1), space)
                 results.append([hit for hit in ranked(_hits(found, best), k) if hit.score >= min_score])
         return results
@@ -219,11 +225,12 @@ class MilvusStore:
         score lowered by its penalty."""
         queries = np.atleast_2d(np.asarray(vector, dtype=np.float32))
         offsets = np.zeros(len(queries)) if penalties is None else np.asarray(penalties, dtype=np.float64)
+        expression = _expression(conditions(where)) if where else ""  # a bad filter fails first
         if k < 1 or self._encoder is None:
             return []
         space = self.search_space
         found: dict[str, _Candidate] = {}
-        for view, hits in enumerate(self._candidates(queries, k, where, space)):
+        for view, hits in enumerate(self._candidates(queries, k, expression, space)):
             for image_id, candidate in hits.items():
                 score = candidate.distance - float(offsets[view])
                 kept = found.get(image_id)
@@ -232,7 +239,7 @@ class MilvusStore:
         return ranked(_hits(found, _scores(found, queries, offsets, space)), k)
 
     def _candidates(
-        self, queries: NDArray[np.float32], k: int, where: Filter | None, space: SearchSpace
+        self, queries: NDArray[np.float32], k: int, expression: str, space: SearchSpace
     ) -> list[dict[str, _Candidate]]:
         """For each row of `queries`, the index's nearest images (raw inner products), in one
         request; with their stored vectors when the space is whitened, for re-scoring."""
@@ -243,7 +250,7 @@ class MilvusStore:
             self.collection,
             data=queries.tolist(),
             limit=limit,
-            filter=_expression(conditions(where)) if where else "",
+            filter=expression,
             output_fields=["payload", "vector"] if whitened else ["payload"],
             search_params={"metric_type": "IP", "params": {"ef": max(self._ef, 2 * limit)}},
             consistency_level=self._level(),
@@ -251,7 +258,9 @@ class MilvusStore:
         return [
             {
                 hit["id"]: _Candidate(
-                    float(hit["distance"]), hit["entity"]["payload"], hit["entity"].get("vector")
+                    float(hit["distance"]),
+                    hit["entity"]["payload"],
+                    np.asarray(hit["entity"]["vector"], dtype=np.float32) if whitened else None,
                 )
                 for hit in hits
             }
@@ -433,7 +442,7 @@ def _literal(text: str) -> str:
 class _Candidate:
     distance: float  # Milvus's inner product, or that less the view's penalty
     payload: Payload
-    vector: list[float] | None  # when asked for (a whitened space re-scores from it)
+    vector: NDArray[np.float32] | None  # when asked for (a whitened space re-scores from it)
 
 
 def _limit(k: int, space: SearchSpace, rerank: int) -> int:
@@ -454,7 +463,7 @@ def _scores(
     if space.projection is None or not found:
         return {image_id: candidate.distance for image_id, candidate in found.items()}
     ids = list(found)
-    stored = np.asarray([found[i].vector for i in ids], dtype=np.float32)
+    stored = np.stack([found[i].vector for i in ids])  # type: ignore[arg-type]
     exact = space.project(stored) @ space.project(queries).T - offsets.astype(np.float32)
     return dict(zip(ids, exact.max(axis=1).tolist(), strict=True))
 

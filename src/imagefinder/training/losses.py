@@ -47,10 +47,22 @@ def supervised_contrastive(
 
 
 def collection_contrast(
-    embeddings: torch.Tensor, rows: torch.Tensor, bank: torch.Tensor, temperature: float
+    embeddings: torch.Tensor,
+    rows: torch.Tensor,
+    bank: torch.Tensor,
+    temperature: float,
+    bank_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean cross-entropy of picking row `rows[i]` of `bank` (fixed, no gradient) for view i."""
-    return F.cross_entropy(embeddings @ bank.detach().T / temperature, rows)
+    """Mean cross-entropy of picking row `rows[i]` of `bank` (fixed, no gradient) for view i.
+    With `bank_labels` (-1: none), other images of the view's own label are not negatives: when
+    training with labels too, they are what the supervised term pulls together."""
+    logits = embeddings @ bank.detach().T / temperature
+    if bank_labels is not None:
+        own = bank_labels[rows]
+        alike = (bank_labels[None, :] == own[:, None]) & (own[:, None] >= 0)
+        alike[torch.arange(len(rows), device=rows.device), rows] = False
+        logits = logits.masked_fill(alike, float("-inf"))
+    return F.cross_entropy(logits, rows)
 
 
 def koleo(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

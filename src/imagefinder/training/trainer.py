@@ -148,6 +148,8 @@ class Trainer:
         best_state, best_score, waited = copy.deepcopy(model.state_dict()), before, 0
         collection = _unique(train)
         bank_row = {img.id: row for row, img in enumerate(collection)}
+        bank_labels = torch.tensor([-1 if img.label is None else img.label for img in collection])
+        bank_labels = bank_labels.to(self.device) if supervised else None
         for epoch in range(1, s.epochs + 1):
             started, seen, total = time.perf_counter(), 0, 0.0
             bank = None
@@ -169,7 +171,7 @@ class Trainer:
                 if bank is not None:
                     rows = torch.tensor([bank_row[item.id] for item in batch for _ in range(2)])
                     loss = loss + s.collection_weight * losses.collection_contrast(
-                        embeddings, rows.to(self.device), bank, s.temperature
+                        embeddings, rows.to(self.device), bank, s.temperature, bank_labels
                     )
                 optimiser.zero_grad()
                 loss.backward()
