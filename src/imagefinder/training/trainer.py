@@ -148,8 +148,11 @@ class Trainer:
         best_state, best_score, waited = copy.deepcopy(model.state_dict()), before, 0
         collection = _unique(train)
         bank_row = {img.id: row for row, img in enumerate(collection)}
-        bank_labels = torch.tensor([-1 if img.label is None else img.label for img in collection])
-        bank_labels = bank_labels.to(self.device) if supervised else None
+        bank_labels = (
+            torch.tensor([-1 if img.label is None else img.label for img in collection], device=self.device)
+            if supervised
+            else None
+        )
         for epoch in range(1, s.epochs + 1):
             started, seen, total = time.perf_counter(), 0, 0.0
             bank = None
