@@ -15,7 +15,7 @@ from imagefinder.encoders.efficientnet_lite import PooledEmbedder, load_pretrain
 from imagefinder.encoders.lite0 import lite0_weights_path
 from imagefinder.training import losses
 from imagefinder.training.augment import RealWorldEdits, work_image
-from imagefinder.training.trainer import Trainer, TrainingImage, TrainSettings
+from imagefinder.training.trainer import Objective, Trainer, TrainingImage, TrainSettings
 from imagefinder.training.validation import CopyValidation, LabelValidation, average_precision, split
 
 
@@ -130,11 +130,28 @@ def test_split_is_deterministic_and_stratified() -> None:
 
 
 def fixed_batch_loss(trainer: Trainer, images: list[Image.Image]) -> float:
-    """The self-supervised loss on the same edited views every time (their own seed)."""
+    """The self-supervised loss, the collection term included, on the same edited views every
+    time (their own seed)."""
     batch = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
-    pixels, instance, labels = trainer._views(batch, random.Random(1234), images, two=True)
+    views = trainer._views(batch, random.Random(1234), images, two=True)
+    objective = Objective(self_supervised=True, supervised=False, bank=trainer.bank(batch, supervised=False))
     with torch.no_grad():
-        return float(trainer._loss(trainer._forward(pixels), instance, labels, True, False, None))
+        return float(trainer._loss(trainer._forward(views.pixels), views, objective))
+
+
+def test_edited_views_do_not_depend_on_the_threads_that_make_them(photos: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = [work_image(Image.open(photos / name)) for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
+    batch = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
+    trainer = Trainer(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), TrainSettings())
+    alone = trainer._views(batch, random.Random(5), images, two=True)
+    with ThreadPoolExecutor(3) as pool:
+        threaded = trainer._views(batch, random.Random(5), images, two=True, pool=pool)
+    assert alone.pixels.shape == (6, 3, 224, 224)
+    assert np.array_equal(alone.pixels, threaded.pixels)
+    assert alone.ids == threaded.ids == ["photo0", "photo0", "photo1", "photo1", "photo2", "photo2"]
+    assert not np.array_equal(alone.pixels[0], alone.pixels[1])  # two different views of one image
 
 
 def test_self_supervised_training_reduces_the_loss_and_beats_the_base(few_dozen_photos: Path) -> None:

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -58,6 +60,9 @@ class TrainSettings:
     device: str = "cpu"
     image_size: int = 224
     short_side: int = 256
+    # Threads that make the edited views (Pillow and NumPy release the GIL in their work); None:
+    # one per CPU, at most 8. Each view has its own seed, so the result does not depend on it.
+    view_workers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,41 @@ class TrainingResult:
 
 
 Progress = Callable[[EpochRecord | None, int, int], None]
+
+
+@dataclass
+class Views:
+    """One batch's edited views, preprocessed: `instance[i]` numbers the image view i was made
+    from within the batch, `labels[i]` its label (a negative number unique to the image when it
+    has none), `ids[i]` its id."""
+
+    pixels: NDArray[np.float32]
+    instance: torch.Tensor
+    labels: torch.Tensor
+    ids: list[str]
+
+
+@dataclass
+class CollectionBank:
+    """Plain embeddings of every training image under the model of the epoch's start: the
+    negatives of `losses.collection_contrast`. `labels` (-1: none) when training with labels."""
+
+    vectors: torch.Tensor
+    row: dict[str, int]
+    labels: torch.Tensor | None
+
+    def rows(self, ids: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([self.row[i] for i in ids], device=self.vectors.device)
+
+
+@dataclass
+class Objective:
+    """What one epoch's loss is made of (see `Trainer._loss`)."""
+
+    self_supervised: bool
+    supervised: bool
+    proxies: torch.Tensor | None = None
+    bank: CollectionBank | None = None
 
 
 # The frozen stages as a function of preprocessed pixels (n, 3, h, w) -> feature maps; on a CPU
@@ -147,98 +187,134 @@ class Trainer:
         result = TrainingResult(model, before=before, after=before, metric=validation.metric)
         best_state, best_score, waited = copy.deepcopy(model.state_dict()), before, 0
         collection = _unique(train)
-        bank_row = {img.id: row for row, img in enumerate(collection)}
-        bank_labels = (
-            torch.tensor([-1 if img.label is None else img.label for img in collection], device=self.device)
-            if supervised
-            else None
-        )
-        for epoch in range(1, s.epochs + 1):
-            started, seen, total = time.perf_counter(), 0, 0.0
-            bank = None
-            if self_supervised and s.collection_weight > 0:
-                bank = torch.from_numpy(self._embed([img.image for img in collection])).to(self.device)
-            order: list[TrainingImage] = []
-            while len(order) < per_epoch:
-                cycle = list(train)
-                rng.shuffle(cycle)
-                order.extend(cycle)
-            order = order[:per_epoch]
-            for start in range(0, len(order), s.batch_size):
-                batch = order[start : start + s.batch_size]
-                if len(batch) < 2:
-                    continue  # a lone image has no negatives
-                views, instance, labels = self._views(batch, rng, others, two=self_supervised)
-                embeddings = self._forward(views)
-                loss = self._loss(embeddings, instance, labels, self_supervised, supervised, proxies)
-                if bank is not None:
-                    rows = torch.tensor([bank_row[item.id] for item in batch for _ in range(2)])
-                    loss = loss + s.collection_weight * losses.collection_contrast(
-                        embeddings, rows.to(self.device), bank, s.temperature, bank_labels
-                    )
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                scheduler.step()
-                total += float(loss.detach()) * len(batch)
-                seen += len(batch)
-                if progress is not None:
-                    progress(None, seen, len(order))
-            score = validation.score(self._embed)
-            seconds = time.perf_counter() - started
-            record = EpochRecord(epoch, total / max(1, seen), score, seconds, seen / max(seconds, 1e-9))
-            result.history.append(record)
-            if progress is not None:
-                progress(record, seen, len(order))
-            if score > best_score:
-                best_state, best_score, waited, result.best_epoch = (
-                    copy.deepcopy(model.state_dict()),
-                    score,
-                    0,
-                    epoch,
+        workers = s.view_workers or min(8, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers, thread_name_prefix="views") as pool:
+            for epoch in range(1, s.epochs + 1):
+                started = time.perf_counter()
+                bank = (
+                    self.bank(collection, supervised) if self_supervised and s.collection_weight > 0 else None
                 )
-            else:
-                waited += 1
-                if waited >= s.patience:
-                    result.stopped_early = epoch < s.epochs
-                    break
+                objective = Objective(self_supervised, supervised, proxies, bank)
+                order: list[TrainingImage] = []
+                while len(order) < per_epoch:
+                    cycle = list(train)
+                    rng.shuffle(cycle)
+                    order.extend(cycle)
+                order = order[:per_epoch]
+                total, seen = self._epoch(order, rng, others, pool, optimiser, scheduler, objective, progress)
+                score = validation.score(self._embed)
+                seconds = time.perf_counter() - started
+                record = EpochRecord(epoch, total / max(1, seen), score, seconds, seen / max(seconds, 1e-9))
+                result.history.append(record)
+                if progress is not None:
+                    progress(record, seen, len(order))
+                if score > best_score:
+                    best_state, best_score, waited, result.best_epoch = (
+                        copy.deepcopy(model.state_dict()),
+                        score,
+                        0,
+                        epoch,
+                    )
+                else:
+                    waited += 1
+                    if waited >= s.patience:
+                        result.stopped_early = epoch < s.epochs
+                        break
         model.load_state_dict(best_state)
         model.eval()
         result.after = best_score
         return result
 
+    def _epoch(
+        self,
+        order: Sequence[TrainingImage],
+        rng: random.Random,
+        others: Sequence[Image.Image],
+        pool: Executor,
+        optimiser: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        objective: Objective,
+        progress: Progress | None,
+    ) -> tuple[float, int]:
+        """One pass over `order` in batches: (summed loss times batch size, images seen)."""
+        s, total, seen = self.settings, 0.0, 0
+        for start in range(0, len(order), s.batch_size):
+            batch = order[start : start + s.batch_size]
+            if len(batch) < 2:
+                continue  # a lone image has no negatives
+            views = self._views(batch, rng, others, two=objective.self_supervised, pool=pool)
+            loss = self._loss(self._forward(views.pixels), views, objective)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(batch)
+            seen += len(batch)
+            if progress is not None:
+                progress(None, seen, len(order))
+        return total, seen
+
+    def bank(self, collection: Sequence[TrainingImage], supervised: bool) -> CollectionBank:
+        """The collection term's bank for `collection` (each image once) under the model as it is."""
+        labels = None
+        if supervised:
+            labels = torch.tensor(
+                [-1 if i.label is None else i.label for i in collection], device=self.device
+            )
+        return CollectionBank(
+            torch.from_numpy(self._embed([img.image for img in collection])).to(self.device),
+            {img.id: row for row, img in enumerate(collection)},
+            labels,
+        )
+
     def _views(
-        self, batch: Sequence[TrainingImage], rng: random.Random, others: Sequence[Image.Image], two: bool
-    ) -> tuple[NDArray[np.float32], torch.Tensor, torch.Tensor]:
-        """Edited views of each image (two when self-supervised), preprocessed as at search time."""
-        pixels, instance, labels = [], [], []
-        positions: dict[
-            str, int
-        ] = {}  # an image twice in a batch (a small collection cycled) is one instance
+        self,
+        batch: Sequence[TrainingImage],
+        rng: random.Random,
+        others: Sequence[Image.Image],
+        two: bool,
+        pool: Executor | None = None,
+    ) -> Views:
+        """Edited views of each image (two when self-supervised), preprocessed as at search time.
+        Each view is drawn with its own seed from `rng`, in order, so `pool` changes only the speed."""
+        jobs, instance, labels, ids = [], [], [], []
+        # An image twice in a batch (a small collection cycled) is one instance.
+        positions: dict[str, int] = {}
         for item in batch:
             position = positions.setdefault(item.id, len(positions))
             for _ in range(2 if two else 1):
-                pixels.append(self._pixels(self.edits(item.image, rng, others)))
+                jobs.append((item.image, rng.getrandbits(64)))
                 instance.append(position)
                 labels.append(-1 - position if item.label is None else item.label)
-        return np.stack(pixels), torch.tensor(instance), torch.tensor(labels)
+                ids.append(item.id)
+
+        def view(job: tuple[Image.Image, int]) -> NDArray[np.float32]:
+            image, seed = job
+            return self._pixels(self.edits(image, random.Random(seed), others))
+
+        pixels = list(pool.map(view, jobs)) if pool is not None else [view(job) for job in jobs]
+        return Views(np.stack(pixels), torch.tensor(instance), torch.tensor(labels), ids)
 
     def _loss(
         self,
         embeddings: torch.Tensor,
-        instance: torch.Tensor,
-        labels: torch.Tensor,
-        self_supervised: bool,
-        supervised: bool,
-        proxies: torch.Tensor | None,
+        views: Views,
+        objective: Objective,
     ) -> torch.Tensor:
-        s = self.settings
+        """The batch's loss: InfoNCE, KoLeo and (with a bank) the collection term when
+        self-supervised; SupCon or proxy softmax (with proxies) over the labelled views when
+        supervised."""
+        s, bank, proxies = self.settings, objective.bank, objective.proxies
         loss = embeddings.new_zeros(())
-        instance, labels = instance.to(self.device), labels.to(self.device)
-        if self_supervised:
+        instance, labels = views.instance.to(self.device), views.labels.to(self.device)
+        if objective.self_supervised:
             loss = loss + losses.info_nce(embeddings, instance, s.temperature)
             loss = loss + s.koleo_weight * losses.koleo(embeddings)
-        if supervised:
+            if bank is not None:
+                loss = loss + s.collection_weight * losses.collection_contrast(
+                    embeddings, bank.rows(views.ids), bank.vectors, s.temperature, bank.labels
+                )
+        if objective.supervised:
             known = labels >= 0
             if bool(known.any()):
                 if proxies is not None:
