@@ -172,6 +172,29 @@ def test_self_supervised_training_reduces_the_loss_and_beats_the_base(few_dozen_
     assert result.best_epoch >= 1
 
 
+def test_an_epoch_embeds_the_collection_once_for_its_bank_and_the_validation(photos: Path) -> None:
+    """The bank at the start of an epoch reuses the vectors that the validation before it made
+    with the same weights; after a training step they are made again."""
+    images = [
+        work_image(Image.open(photos / n)) for n in ("chelsea.png", "coffee.png", "rocket.jpg", "brick.png")
+    ]
+    embedded: list[int] = []
+
+    class Counting(Trainer):
+        def _embed(self, batch):  # type: ignore[no-untyped-def]
+            embedded.append(len(batch))
+            return super()._embed(batch)
+
+    settings = TrainSettings(epochs=1, batch_size=4, min_images_per_epoch=4, train_from=14, seed=0)
+    trainer = Counting(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), settings)
+    validation = CopyValidation(images, images, list(range(4)), views_per_image=1, seed=0)
+    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
+    trainer.fit(train, validation, self_supervised=True, supervised=False)
+    # before: 4 queries + 4 images; the bank: nothing new; after the step: 4 queries + 4 images.
+    assert sum(embedded) == 16
+    assert trainer._kept == {}
+
+
 def test_supervised_training_beats_the_base_on_held_out_images(photos: Path) -> None:
     """Labels: which photo a quarter was cut from. Held-out quarters are searched among the
     training ones; mAP of finding the quarters of the same photo."""

@@ -152,6 +152,8 @@ class Trainer:
         self.suffix = TrainedStages(model, settings.train_from)
         self._trainable = _unfreeze_last_stages(model, settings.train_from)
         self._prefix = prefix
+        # id(image) -> (image, its vector) under the current weights; emptied by each step.
+        self._kept: dict[int, tuple[Image.Image, NDArray[np.float32]]] = {}
 
     def use_prefix(self, prefix: FrozenPrefix) -> None:
         """Run the frozen stages with `prefix` (see `training.prefix`) instead of torch."""
@@ -183,7 +185,7 @@ class Trainer:
 
         rng = random.Random(s.seed)
         others = [img.image for img in train]
-        before = validation.score(self._embed)
+        before = validation.score(self._embed_kept)
         result = TrainingResult(model, before=before, after=before, metric=validation.metric)
         best_state, best_score, waited = copy.deepcopy(model.state_dict()), before, 0
         collection = _unique(train)
@@ -202,7 +204,7 @@ class Trainer:
                     order.extend(cycle)
                 order = order[:per_epoch]
                 total, seen = self._epoch(order, rng, others, pool, optimiser, scheduler, objective, progress)
-                score = validation.score(self._embed)
+                score = validation.score(self._embed_kept)
                 seconds = time.perf_counter() - started
                 record = EpochRecord(epoch, total / max(1, seen), score, seconds, seen / max(seconds, 1e-9))
                 result.history.append(record)
@@ -222,6 +224,7 @@ class Trainer:
                         break
         model.load_state_dict(best_state)
         model.eval()
+        self._kept.clear()
         result.after = best_score
         return result
 
@@ -248,6 +251,7 @@ class Trainer:
             loss.backward()
             optimiser.step()
             scheduler.step()
+            self._kept.clear()
             total += float(loss.detach()) * len(batch)
             seen += len(batch)
             if progress is not None:
@@ -262,7 +266,7 @@ class Trainer:
                 [-1 if i.label is None else i.label for i in collection], device=self.device
             )
         return CollectionBank(
-            torch.from_numpy(self._embed([img.image for img in collection])).to(self.device),
+            torch.from_numpy(self._embed_kept([img.image for img in collection])).to(self.device),
             {img.id: row for row, img in enumerate(collection)},
             labels,
         )
@@ -334,6 +338,17 @@ class Trainer:
             else:
                 features = self.suffix.frozen(torch.from_numpy(pixels).to(self.device))
         return self.suffix(features)
+
+    def _embed_kept(self, images: Sequence[Image.Image]) -> NDArray[np.float32]:
+        """`_embed`, keeping the vectors until the weights change: the validation at the end of
+        an epoch and the bank at the start of the next embed the same images with the same
+        weights. Kept by identity, with the image itself, so an id is never reused meanwhile."""
+        missing = list({id(image): image for image in images if id(image) not in self._kept}.values())
+        for image, vector in zip(missing, self._embed(missing), strict=True):
+            self._kept[id(image)] = (image, vector)
+        if not images:
+            return self._embed(images)
+        return np.stack([self._kept[id(image)][1] for image in images])
 
     def _pixels(self, image: Image.Image) -> NDArray[np.float32]:
         s = self.settings
