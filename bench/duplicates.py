@@ -20,8 +20,12 @@ small, copy-free and copy-rich collections, and a scan of a million vectors.
   (half of them near copies of images already there) and a second scan that carries on from the
   first (only the new images searched): its time and whether it found the new copies.
 
+With `--encoder-onnx FILE` (a fine-tuned Lite0 export, e.g. from bench/finetune_device.py
+--runs duplicates) the quality part runs ImageFinder with that model instead of the default.
+
 usage: python bench/duplicates.py [--benchmarks ../shared/benchmarks] [--peers-python PY]
                                   [--scale 1000000] [--out bench/results/duplicates.json]
+                                  [--encoder-onnx FILE]
 """
 
 from __future__ import annotations
@@ -90,7 +94,31 @@ def pairs_of(groups: list[list[str]]) -> set[tuple[str, str]]:
     }  # type: ignore[misc]
 
 
-def quality(benchmarks: Path, work: Path, peers_python: Path | None) -> dict[str, Any]:
+def finetuned_encoder(path: Path) -> Any:
+    """The int8 ONNX file of a fine-tuned Lite0 as `finetune` serves it (named by its hash)."""
+    import hashlib
+    from dataclasses import replace
+    from functools import partial
+
+    from imagefinder.encoders.lite0 import LITE0_INT8_INFO, PREPROCESS, SHORT_SIDE
+    from imagefinder.encoders.onnx_runtime import OnnxEncoder
+    from imagefinder.encoders.preprocess import resize_crop_normalise
+
+    tag = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    info = replace(LITE0_INT8_INFO, version=f"{LITE0_INT8_INFO.version}+ft-{tag}")
+    encoder = OnnxEncoder(path, info, partial(resize_crop_normalise, **PREPROCESS), min_short_side=SHORT_SIDE)
+    encoder.spec = {
+        "kind": "resize_crop_normalise",
+        "min_short_side": SHORT_SIDE,
+        **PREPROCESS,
+        "crop_only": True,
+    }
+    return encoder
+
+
+def quality(
+    benchmarks: Path, work: Path, peers_python: Path | None, encoder_onnx: Path | None = None
+) -> dict[str, Any]:
     from imagefinder.config import Settings
     from imagefinder.sources import FolderSource
     from imagefinder.stores.embedded import EmbeddedStore
@@ -98,7 +126,8 @@ def quality(benchmarks: Path, work: Path, peers_python: Path | None) -> dict[str
 
     folder, group = nd_folder(benchmarks, work)
     settings = Settings()
-    service = service_for(settings, build_configured_encoder(settings), EmbeddedStore(work / "nd-index"))
+    encoder = finetuned_encoder(encoder_onnx) if encoder_onnx else build_configured_encoder(settings)
+    service = service_for(settings, encoder, EmbeddedStore(work / "nd-index"))
     service.index(FolderSource(folder, 10**8))
     finder = duplicate_finder(service, image_reader(settings))
     rows: dict[str, Any] = {}
@@ -418,6 +447,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "duplicates.json")
     parser.add_argument("--child", choices=["build", "scan", "incremental"])
     parser.add_argument("--path", type=Path)
+    parser.add_argument("--encoder-onnx", type=Path, help="Score this fine-tuned model in the quality part.")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from imagefinder.threads import single_threaded_blas
@@ -444,7 +474,9 @@ def main() -> None:
             if not (args.benchmarks / "near_duplicate").is_dir():
                 sys.exit(f"no development benchmark at {args.benchmarks} (it lives in ../shared/benchmarks)")
         if "quality" in parts:
-            output["quality"] = quality(args.benchmarks, work, args.peers_python)
+            output["quality"] = quality(args.benchmarks, work, args.peers_python, args.encoder_onnx)
+            if args.encoder_onnx:
+                output["quality"]["encoder_onnx"] = str(args.encoder_onnx)
             for name, row in output["quality"]["rows"].items():
                 print(name, {k: row.get(k) for k in ("precision", "recall", "f1", "error")})  # noqa: T201
         if "calibration" in parts:

@@ -61,8 +61,15 @@ class ViewClock:
         trainer_module.Trainer._views = self._original  # type: ignore[method-assign]
 
 
-def load(collection: Path, labels: dict[str, str] | None) -> LoadedImages:
-    items = ((path.name, {"file": str(path)}) for path in sorted(collection.iterdir()) if path.is_file())
+def load(folders: list[Path], labels: dict[str, str] | None) -> LoadedImages:
+    """The images of `folders` as an index of them would hold them (ids prefixed with the folder's
+    name when there are several)."""
+    items = (
+        (path.name if len(folders) == 1 else f"{folder.name}/{path.name}", {"file": str(path)})
+        for folder in folders
+        for path in sorted(folder.iterdir())
+        if path.is_file()
+    )
     return load_indexed(items, ImageReader(ImageLimits(), None), labels, FinetuneOptions().max_images)
 
 
@@ -116,7 +123,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--benchmarks", type=Path, default=ROOT.parent / "shared" / "benchmarks")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when present)")
-    parser.add_argument("--runs", default="self-supervised,supcon,proxy")
+    parser.add_argument(
+        "--runs",
+        default="self-supervised,supcon,proxy",
+        help="self-supervised (near-duplicate collection), supcon, proxy (same-class labels), "
+        "duplicates (self-supervised on the near-duplicate collection and queries together: "
+        "bench/duplicates.py's image set)",
+    )
     parser.add_argument("--epochs", type=int, default=FinetuneOptions().epochs)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "finetune_device.json")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "finetune_device")
@@ -142,11 +155,15 @@ def main() -> None:
     common = FinetuneOptions(epochs=args.epochs, device=device)
     labels_csv = args.benchmarks / "same_class" / "labels.csv"
     for name in args.runs.split(","):
+        near_duplicate = args.benchmarks / "near_duplicate"
         if name == "self-supervised":
-            data = load(args.benchmarks / "near_duplicate" / "collection", None)
+            data = load([near_duplicate / "collection"], None)
+            options = replace(common, self_supervised=True)
+        elif name == "duplicates":
+            data = load([near_duplicate / "collection", near_duplicate / "queries"], None)
             options = replace(common, self_supervised=True)
         else:
-            data = load(args.benchmarks / "same_class" / "collection", collection_labels(labels_csv))
+            data = load([args.benchmarks / "same_class" / "collection"], collection_labels(labels_csv))
             options = replace(common, labels_csv=labels_csv, supervised_loss=name)
         run = output["runs"][name] = train(name, data, options, args.work)
         print(  # noqa: T201
