@@ -94,6 +94,68 @@ def pairs_of(groups: list[list[str]]) -> set[tuple[str, str]]:
     }  # type: ignore[misc]
 
 
+def scans(service: Any, settings: Any, group: dict[str, str], name: str) -> dict[str, Any]:
+    """The duplicates scan at its defaults and at the settings given for context, scored."""
+    from imagefinder.wiring import duplicate_finder, image_reader
+
+    finder = duplicate_finder(service, image_reader(settings))
+    rows: dict[str, Any] = {}
+    runs = [
+        (name, {}, "defaults: calibrated threshold, views auto (adaptive at this size), keep resolution"),
+        (f"{name}-single-view", {"views": "single"}, "calibrated threshold, stored vectors only"),
+    ]
+    for threshold in (0.5, 0.6, 0.7):
+        runs.append((f"{name}-threshold-{threshold}", {"threshold": threshold}, "fixed threshold (context)"))
+    for row, options, how in runs:
+        report = finder.find(**options)
+        groups = [[m.id for m in g.members] for g in report.groups]
+        rows[row] = {
+            "how": how,
+            **pairwise(pairs_of(groups), group),
+            "groups": len(groups),
+            "threshold": report.summary["threshold"],
+            "views": report.summary["views"],
+            "seconds": report.summary["seconds"],
+        }
+    return rows
+
+
+def finetune_and_apply(
+    service: Any, encoder: Any, settings: Any, epochs: int | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """`imagefinder finetune --self-supervised --apply` on the indexed images (no labels): the
+    service over the new generation, and the training's figures."""
+    from dataclasses import replace
+
+    from imagefinder.finetune import FinetuneOptions, FineTuner
+    from imagefinder.wiring import build_reindexer, image_reader, mlflow_tracker, open_store, service_for
+
+    tracker = mlflow_tracker(settings)
+    tuner = FineTuner(
+        service.store, image_reader(settings), tracker, encoder, None, settings.model_cache_dir / "ft"
+    )
+
+    def progress(record: Any, seen: int, total: int) -> None:
+        if record is not None:
+            line = f"  epoch {record.epoch}: loss {record.loss:.4f} validation {record.validation:.4f}"
+            print(line, flush=True)  # noqa: T201
+
+    options = FinetuneOptions(self_supervised=True)
+    report = tuner.run(replace(options, epochs=epochs or options.epochs), progress)
+    assert report.model_uri is not None
+    tuned = tracker.load_encoder(report.model_uri)
+    build_reindexer(settings, service.store).run(tuned, tuned.registered)
+    service.close()
+    trained = {
+        "images": report.images,
+        "seconds": round(report.seconds, 1),
+        "epochs_run": len(report.history),
+        "best_epoch": report.best_epoch,
+        "validation": [report.metric, round(report.before, 4), round(report.after, 4)],
+    }
+    return service_for(settings, tuned, open_store(settings)), trained
+
+
 def finetuned_encoder(path: Path) -> Any:
     """The int8 ONNX file of a fine-tuned Lite0 as `finetune` serves it (named by its hash)."""
     import hashlib
@@ -117,43 +179,26 @@ def finetuned_encoder(path: Path) -> Any:
 
 
 def quality(
-    benchmarks: Path, work: Path, peers_python: Path | None, encoder_onnx: Path | None = None
+    benchmarks: Path,
+    work: Path,
+    peers_python: Path | None,
+    encoder_onnx: Path | None = None,
+    finetune: bool = False,
 ) -> dict[str, Any]:
     from imagefinder.config import Settings
     from imagefinder.sources import FolderSource
-    from imagefinder.stores.embedded import EmbeddedStore
-    from imagefinder.wiring import build_configured_encoder, duplicate_finder, image_reader, service_for
+    from imagefinder.wiring import build_configured_encoder, open_store, service_for
 
     folder, group = nd_folder(benchmarks, work)
-    settings = Settings()
+    settings = Settings(home=work / "home")
     encoder = finetuned_encoder(encoder_onnx) if encoder_onnx else build_configured_encoder(settings)
-    service = service_for(settings, encoder, EmbeddedStore(work / "nd-index"))
+    service = service_for(settings, encoder, open_store(settings))
     service.index(FolderSource(folder, 10**8))
-    finder = duplicate_finder(service, image_reader(settings))
-    rows: dict[str, Any] = {}
-    runs = [
-        (
-            "imagefinder",
-            {},
-            "defaults: calibrated threshold, views auto (adaptive at this size), keep resolution",
-        ),
-        ("imagefinder-single-view", {"views": "single"}, "calibrated threshold, stored vectors only"),
-    ]
-    for threshold in (0.5, 0.6, 0.7):
-        runs.append(
-            (f"imagefinder-threshold-{threshold}", {"threshold": threshold}, "fixed threshold (context)")
-        )
-    for name, options, how in runs:
-        report = finder.find(**options)  # type: ignore[arg-type]
-        groups = [[m.id for m in g.members] for g in report.groups]
-        rows[name] = {
-            "how": how,
-            **pairwise(pairs_of(groups), group),
-            "groups": len(groups),
-            "threshold": report.summary["threshold"],
-            "views": report.summary["views"],
-            "seconds": report.summary["seconds"],
-        }
+    rows = scans(service, settings, group, "imagefinder")
+    if finetune:
+        service, trained = finetune_and_apply(service, encoder, settings)
+        rows.update(scans(service, settings, group, "imagefinder-finetuned"))
+        rows["imagefinder-finetuned"]["training"] = trained
     service.close()
     if peers_python is not None and peers_python.exists():
         out = work / "peers.json"
@@ -448,6 +493,11 @@ def main() -> None:
     parser.add_argument("--child", choices=["build", "scan", "incremental"])
     parser.add_argument("--path", type=Path)
     parser.add_argument("--encoder-onnx", type=Path, help="Score this fine-tuned model in the quality part.")
+    parser.add_argument(
+        "--finetune",
+        action="store_true",
+        help="Quality part: also fine-tune on the indexed images (self-supervised, --apply) and scan again.",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from imagefinder.threads import single_threaded_blas
@@ -474,7 +524,9 @@ def main() -> None:
             if not (args.benchmarks / "near_duplicate").is_dir():
                 sys.exit(f"no development benchmark at {args.benchmarks} (it lives in ../shared/benchmarks)")
         if "quality" in parts:
-            output["quality"] = quality(args.benchmarks, work, args.peers_python, args.encoder_onnx)
+            output["quality"] = quality(
+                args.benchmarks, work, args.peers_python, args.encoder_onnx, args.finetune
+            )
             if args.encoder_onnx:
                 output["quality"]["encoder_onnx"] = str(args.encoder_onnx)
             for name, row in output["quality"]["rows"].items():
