@@ -125,7 +125,7 @@ $(PEERS)/.installed:
 	touch $@
 
 bench-duplicates: install $(PEERS)/.installed
-	$(BIN)/python bench/duplicates.py --peers-python $(PEERS)/bin/python --out bench/results/duplicates.json
+	$(BIN)/python bench/duplicates.py --peers-python $(PEERS)/bin/python --finetune --out bench/results/duplicates.json
 
 # Extra query views on the dev benchmark: 39 views embedded once, 30 configurations scored (~7 min).
 bench-views: install

@@ -238,6 +238,9 @@ def duplicates_quality() -> list[str]:
     labels = {
         "imagefinder": "**ImageFinder**, defaults (calibrated threshold, second look)",
         "imagefinder-single-view": "ImageFinder, stored vectors only (`--views single`)",
+        "imagefinder-finetuned": "**ImageFinder after `finetune --self-supervised --apply`** on these "
+        "images (no labels), defaults",
+        "imagefinder-finetuned-single-view": "ImageFinder after that fine-tuning, `--views single`",
         "imagededup-phash": "imagededup PHash, documented default (distance 10)",
         "imagededup-dhash": "imagededup DHash, documented default",
         "fastdup": "fastdup, defaults, connected components",
