@@ -194,7 +194,8 @@ def quality(
     encoder = finetuned_encoder(encoder_onnx) if encoder_onnx else build_configured_encoder(settings)
     service = service_for(settings, encoder, open_store(settings))
     service.index(FolderSource(folder, 10**8))
-    rows = scans(service, settings, group, "imagefinder")
+    # Rows of another model than the default are named apart, so no table takes them for it.
+    rows = scans(service, settings, group, "imagefinder-onnx" if encoder_onnx else "imagefinder")
     if finetune:
         service, trained = finetune_and_apply(service, encoder, settings)
         rows.update(scans(service, settings, group, "imagefinder-finetuned"))
@@ -499,6 +500,8 @@ def main() -> None:
         help="Quality part: also fine-tune on the indexed images (self-supervised, --apply) and scan again.",
     )
     args = parser.parse_args()
+    if args.encoder_onnx and args.finetune:
+        parser.error("--finetune trains from the default model's ImageNet weights: leave out --encoder-onnx")
     sys.path.insert(0, str(ROOT))
     from imagefinder.threads import single_threaded_blas
 
@@ -528,7 +531,10 @@ def main() -> None:
                 args.benchmarks, work, args.peers_python, args.encoder_onnx, args.finetune
             )
             if args.encoder_onnx:
-                output["quality"]["encoder_onnx"] = str(args.encoder_onnx)
+                output["quality"]["encoder_onnx"] = {
+                    "file": str(args.encoder_onnx),
+                    "version": finetuned_encoder(args.encoder_onnx).info.version,
+                }
             for name, row in output["quality"]["rows"].items():
                 print(name, {k: row.get(k) for k in ("precision", "recall", "f1", "error")})  # noqa: T201
         if "calibration" in parts:

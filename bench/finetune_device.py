@@ -135,6 +135,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "finetune_device")
     parser.add_argument("--keep", type=Path, help="Copy each run's exported ONNX file here.")
     args = parser.parse_args()
+    unknown = set(args.runs.split(",")) - {"self-supervised", "duplicates", "supcon", "proxy"}
+    if unknown:
+        parser.error(f"unknown runs: {', '.join(sorted(unknown))}")
     if not (args.benchmarks / "near_duplicate").is_dir():
         sys.exit(f"no development benchmark at {args.benchmarks}")
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from numpy.typing import NDArray
 from PIL import Image
 
 from imagefinder.encoders.efficientnet_lite import PooledEmbedder, load_pretrained_lite0
@@ -181,7 +183,7 @@ def test_an_epoch_embeds_the_collection_once_for_its_bank_and_the_validation(pho
     embedded: list[int] = []
 
     class Counting(Trainer):
-        def _embed(self, batch):  # type: ignore[no-untyped-def]
+        def _embed(self, batch: Sequence[Image.Image]) -> NDArray[np.float32]:
             embedded.append(len(batch))
             return super()._embed(batch)
 

@@ -18,8 +18,9 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,7 +35,7 @@ from imagefinder.encoders.efficientnet_lite import PooledEmbedder
 from imagefinder.encoders.preprocess import resize_crop_normalise
 from imagefinder.training import losses
 from imagefinder.training.augment import RealWorldEdits
-from imagefinder.training.validation import Validation
+from imagefinder.training.validation import Embed, Validation
 
 SupervisedLoss = Literal["supcon", "proxy"]
 
@@ -95,7 +96,7 @@ class TrainingResult:
 Progress = Callable[[EpochRecord | None, int, int], None]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Views:
     """One batch's edited views, preprocessed: `instance[i]` numbers the image view i was made
     from within the batch, `labels[i]` its label (a negative number unique to the image when it
@@ -107,7 +108,7 @@ class Views:
     ids: list[str]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CollectionBank:
     """Plain embeddings of every training image under the model of the epoch's start: the
     negatives of `losses.collection_contrast`. `labels` (-1: none) when training with labels."""
@@ -120,7 +121,7 @@ class CollectionBank:
         return torch.tensor([self.row[i] for i in ids], device=self.vectors.device)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Objective:
     """What one epoch's loss is made of (see `Trainer._loss`)."""
 
@@ -185,16 +186,20 @@ class Trainer:
 
         rng = random.Random(s.seed)
         others = [img.image for img in train]
-        before = validation.score(self._embed_kept)
-        result = TrainingResult(model, before=before, after=before, metric=validation.metric)
-        best_state, best_score, waited = copy.deepcopy(model.state_dict()), before, 0
         collection = _unique(train)
-        workers = s.view_workers or min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(workers, thread_name_prefix="views") as pool:
+        with (
+            self._keeping_vectors(),
+            ThreadPoolExecutor(_view_workers(s), thread_name_prefix="views") as pool,
+        ):
+            before = validation.score(self._embed_kept)
+            result = TrainingResult(model, before=before, after=before, metric=validation.metric)
+            best_state, best_score, waited = copy.deepcopy(model.state_dict()), before, 0
             for epoch in range(1, s.epochs + 1):
                 started = time.perf_counter()
                 bank = (
-                    self.bank(collection, supervised) if self_supervised and s.collection_weight > 0 else None
+                    self.bank(collection, supervised, self._embed_kept)
+                    if self_supervised and s.collection_weight > 0
+                    else None
                 )
                 objective = Objective(self_supervised, supervised, proxies, bank)
                 order: list[TrainingImage] = []
@@ -224,7 +229,6 @@ class Trainer:
                         break
         model.load_state_dict(best_state)
         model.eval()
-        self._kept.clear()
         result.after = best_score
         return result
 
@@ -258,7 +262,9 @@ class Trainer:
                 progress(None, seen, len(order))
         return total, seen
 
-    def bank(self, collection: Sequence[TrainingImage], supervised: bool) -> CollectionBank:
+    def bank(
+        self, collection: Sequence[TrainingImage], supervised: bool, embed: Embed | None = None
+    ) -> CollectionBank:
         """The collection term's bank for `collection` (each image once) under the model as it is."""
         labels = None
         if supervised:
@@ -266,7 +272,7 @@ class Trainer:
                 [-1 if i.label is None else i.label for i in collection], device=self.device
             )
         return CollectionBank(
-            torch.from_numpy(self._embed_kept([img.image for img in collection])).to(self.device),
+            torch.from_numpy((embed or self._embed)([img.image for img in collection])).to(self.device),
             {img.id: row for row, img in enumerate(collection)},
             labels,
         )
@@ -343,12 +349,22 @@ class Trainer:
         """`_embed`, keeping the vectors until the weights change: the validation at the end of
         an epoch and the bank at the start of the next embed the same images with the same
         weights. Kept by identity, with the image itself, so an id is never reused meanwhile."""
-        missing = list({id(image): image for image in images if id(image) not in self._kept}.values())
-        for image, vector in zip(missing, self._embed(missing), strict=True):
-            self._kept[id(image)] = (image, vector)
         if not images:
             return self._embed(images)
+        missing = list({id(image): image for image in images if id(image) not in self._kept}.values())
+        if missing:
+            for image, vector in zip(missing, self._embed(missing), strict=True):
+                self._kept[id(image)] = (image, vector)
         return np.stack([self._kept[id(image)][1] for image in images])
+
+    @contextmanager
+    def _keeping_vectors(self) -> Iterator[None]:
+        """`_embed_kept` keeps vectors only inside this (one `fit`), emptied on the way in and out."""
+        self._kept.clear()
+        try:
+            yield
+        finally:
+            self._kept.clear()
 
     def _pixels(self, image: Image.Image) -> NDArray[np.float32]:
         s = self.settings
@@ -416,6 +432,14 @@ def _unfreeze_last_stages(model: PooledEmbedder, train_from: int) -> list[torch.
             parameter.requires_grad_(True)
             trainable.append(parameter)
     return trainable
+
+
+def _view_workers(settings: TrainSettings) -> int:
+    """Threads for the edited views: as set, else one per CPU this process may use, at most 8."""
+    if settings.view_workers:
+        return settings.view_workers
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(8, usable or 1)
 
 
 def _unique(train: Sequence[TrainingImage]) -> list[TrainingImage]:
