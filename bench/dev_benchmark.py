@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,46 @@ class CountingEncoder:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+@dataclass
+class Applied:
+    """What `finetune_and_apply` did: the training's report, the new version, the generation it
+    switched to and how long re-embedding took."""
+
+    report: Any
+    encoder: Any
+    switched: Any
+    reindex_seconds: float
+
+
+def finetune_and_apply(
+    store: Any, base_encoder: Any, settings: Settings, options: Any, label: str
+) -> Applied:
+    """`imagefinder finetune --apply` as the CLI runs it: train on the images of `store`, register
+    the result in MLflow, re-embed the collection into a new generation and switch to it. The
+    caller closes its service over `store` and opens one over the new generation."""
+    from imagefinder.finetune import FineTuner
+    from imagefinder.wiring import build_reindexer, image_reader, mlflow_tracker
+
+    tracker = mlflow_tracker(settings)
+    tuner = FineTuner(
+        store, image_reader(settings), tracker, base_encoder, None, settings.model_cache_dir / "ft"
+    )
+
+    def progress(record: Any, seen: int, total: int) -> None:
+        if record is not None:
+            line = (
+                f"  {label} epoch {record.epoch}: loss {record.loss:.4f} validation {record.validation:.4f}"
+            )
+            print(f"{line} ({record.images_per_s:.1f} images/s)", flush=True)  # noqa: T201
+
+    report = tuner.run(options, progress)
+    assert report.model_uri is not None
+    encoder = tracker.load_encoder(report.model_uri)
+    started = time.perf_counter()
+    switched = build_reindexer(settings, store).run(encoder, encoder.registered)
+    return Applied(report, encoder, switched, time.perf_counter() - started)
 
 
 def run_task(service: ImageFinder, task_dir: Path, work: Path, scorer: Path) -> dict[str, object]:

@@ -120,32 +120,23 @@ def scans(service: Any, settings: Any, group: dict[str, str], name: str) -> dict
     return rows
 
 
-def finetune_and_apply(
+def finetune_then_serve(
     service: Any, encoder: Any, settings: Any, epochs: int | None = None
 ) -> tuple[Any, dict[str, Any]]:
     """`imagefinder finetune --self-supervised --apply` on the indexed images (no labels): the
     service over the new generation, and the training's figures."""
     from dataclasses import replace
 
-    from imagefinder.finetune import FinetuneOptions, FineTuner
-    from imagefinder.wiring import build_reindexer, image_reader, mlflow_tracker, open_store, service_for
+    from dev_benchmark import finetune_and_apply
 
-    tracker = mlflow_tracker(settings)
-    tuner = FineTuner(
-        service.store, image_reader(settings), tracker, encoder, None, settings.model_cache_dir / "ft"
-    )
-
-    def progress(record: Any, seen: int, total: int) -> None:
-        if record is not None:
-            line = f"  epoch {record.epoch}: loss {record.loss:.4f} validation {record.validation:.4f}"
-            print(line, flush=True)  # noqa: T201
+    from imagefinder.finetune import FinetuneOptions
+    from imagefinder.wiring import open_store, service_for
 
     options = FinetuneOptions(self_supervised=True)
-    report = tuner.run(replace(options, epochs=epochs or options.epochs), progress)
-    assert report.model_uri is not None
-    tuned = tracker.load_encoder(report.model_uri)
-    build_reindexer(settings, service.store).run(tuned, tuned.registered)
+    options = replace(options, epochs=epochs or options.epochs)
+    applied = finetune_and_apply(service.store, encoder, settings, options, "duplicates")
     service.close()
+    report = applied.report
     trained = {
         "images": report.images,
         "seconds": round(report.seconds, 1),
@@ -153,29 +144,18 @@ def finetune_and_apply(
         "best_epoch": report.best_epoch,
         "validation": [report.metric, round(report.before, 4), round(report.after, 4)],
     }
-    return service_for(settings, tuned, open_store(settings)), trained
+    return service_for(settings, applied.encoder, open_store(settings)), trained
 
 
 def finetuned_encoder(path: Path) -> Any:
     """The int8 ONNX file of a fine-tuned Lite0 as `finetune` serves it (named by its hash)."""
     import hashlib
     from dataclasses import replace
-    from functools import partial
 
-    from imagefinder.encoders.lite0 import LITE0_INT8_INFO, PREPROCESS, SHORT_SIDE
-    from imagefinder.encoders.onnx_runtime import OnnxEncoder
-    from imagefinder.encoders.preprocess import resize_crop_normalise
+    from imagefinder.encoders.lite0 import LITE0_INT8_INFO, lite0_onnx_encoder
 
     tag = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    info = replace(LITE0_INT8_INFO, version=f"{LITE0_INT8_INFO.version}+ft-{tag}")
-    encoder = OnnxEncoder(path, info, partial(resize_crop_normalise, **PREPROCESS), min_short_side=SHORT_SIDE)
-    encoder.spec = {
-        "kind": "resize_crop_normalise",
-        "min_short_side": SHORT_SIDE,
-        **PREPROCESS,
-        "crop_only": True,
-    }
-    return encoder
+    return lite0_onnx_encoder(path, replace(LITE0_INT8_INFO, version=f"{LITE0_INT8_INFO.version}+ft-{tag}"))
 
 
 def quality(
@@ -197,7 +177,7 @@ def quality(
     # Rows of another model than the default are named apart, so no table takes them for it.
     rows = scans(service, settings, group, "imagefinder-onnx" if encoder_onnx else "imagefinder")
     if finetune:
-        service, trained = finetune_and_apply(service, encoder, settings)
+        service, trained = finetune_then_serve(service, encoder, settings)
         rows.update(scans(service, settings, group, "imagefinder-finetuned"))
         rows["imagefinder-finetuned"]["training"] = trained
     service.close()

@@ -22,22 +22,18 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dev_benchmark import CountingEncoder, score_task
+from dev_benchmark import CountingEncoder, finetune_and_apply, score_task
 
 from imagefinder.config import Settings
-from imagefinder.finetune import FinetuneOptions, FineTuner
+from imagefinder.finetune import FinetuneOptions
 from imagefinder.sources import FolderSource
 from imagefinder.threads import single_threaded_blas
 from imagefinder.wiring import (
     build_configured_encoder,
-    build_reindexer,
-    image_reader,
-    mlflow_tracker,
     open_store,
     service_for,
 )
@@ -68,23 +64,8 @@ def run_task(
     for view in views:
         result["base"][view] = summary(score_task(base, task_dir, work, scorer, view))
 
-    tracker = mlflow_tracker(settings)
-    tuner = FineTuner(
-        base.store, image_reader(settings), tracker, base_encoder, None, settings.model_cache_dir / "ft"
-    )
-
-    def progress(record: Any, seen: int, total: int) -> None:
-        if record is not None:
-            line = f"  {task} epoch {record.epoch}: loss {record.loss:.4f} validation {record.validation:.4f}"
-            print(f"{line} ({record.images_per_s:.1f} images/s)", flush=True)  # noqa: T201
-
-    report = tuner.run(options, progress)
-    assert report.model_uri is not None
-    encoder = tracker.load_encoder(report.model_uri)
-    reindexer = build_reindexer(settings, base.store)
-    started = time.perf_counter()
-    switched = reindexer.run(encoder, encoder.registered)
-    reindex_s = time.perf_counter() - started
+    applied = finetune_and_apply(base.store, base_encoder, settings, options, task)
+    report, encoder = applied.report, applied.encoder
     base.close()
     tuned = service_for(settings, CountingEncoder(encoder), open_store(settings))
     for view in views:
@@ -107,8 +88,8 @@ def run_task(
         "history": report.history,
         "parity": report.parity,
         "model": report.info,
-        "reindex_seconds": round(reindex_s, 1),
-        "generation": switched.generation.label,
+        "reindex_seconds": round(applied.reindex_seconds, 1),
+        "generation": applied.switched.generation.label,
     }
     return result
 

@@ -179,9 +179,22 @@ def lite0_encoder(
     """The default encoder: int8 unless `int8=False` (the fp32 model, encoder name
     efficientnet-lite0-fp32). `threads` and `lanes` as in OnnxEncoder (default: every core, one
     lane per core)."""
-    encoder = OnnxEncoder(
+    return lite0_onnx_encoder(
         ensure_lite0_int8_onnx(cache_dir) if int8 else ensure_lite0_onnx(cache_dir),
         LITE0_INT8_INFO if int8 else LITE0_INFO,
+        threads=threads,
+        lanes=lanes,
+    )
+
+
+def lite0_onnx_encoder(
+    path: Path, info: EncoderInfo, threads: int | None = None, lanes: int | None = None
+) -> OnnxEncoder:
+    """An ONNX file of the Lite0 architecture (the default's, or a fine-tuned one) served with
+    the default's preprocessing."""
+    encoder = OnnxEncoder(
+        path,
+        info,
         partial(resize_crop_normalise, **PREPROCESS),  # type: ignore[arg-type]
         min_short_side=SHORT_SIDE,
         threads=threads,

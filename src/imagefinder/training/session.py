@@ -7,7 +7,6 @@ from __future__ import annotations
 import random
 import tempfile
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,8 @@ import torch
 
 from imagefinder.encoders.base import EncoderInfo
 from imagefinder.encoders.efficientnet_lite import PooledEmbedder, load_pretrained_lite0
-from imagefinder.encoders.lite0 import PREPROCESS, SHORT_SIDE, lite0_weights_path
+from imagefinder.encoders.lite0 import lite0_onnx_encoder, lite0_weights_path
 from imagefinder.encoders.onnx_runtime import OnnxEncoder
-from imagefinder.encoders.preprocess import resize_crop_normalise
 from imagefinder.training.data import LoadedImages
 from imagefinder.training.export import ExportedModel, export_finetuned
 from imagefinder.training.trainer import Trainer, TrainingImage, TrainingResult, TrainSettings
@@ -80,18 +78,7 @@ def train_and_export(
         result = trainer.fit(train, validation, options.self_supervised, options.supervised, progress)
     model = result.model.cpu()
     exported = export_finetuned(model, work_dir / _run_folder(data.fingerprint(), options), base)
-    encoder = OnnxEncoder(
-        exported.path,
-        exported.info,
-        partial(resize_crop_normalise, **PREPROCESS),  # type: ignore[arg-type]
-        min_short_side=SHORT_SIDE,
-    )
-    encoder.spec = {
-        "kind": "resize_crop_normalise",
-        "min_short_side": SHORT_SIDE,
-        **PREPROCESS,
-        "crop_only": True,
-    }
+    encoder = lite0_onnx_encoder(exported.path, exported.info)
     return Trained(result, exported, encoder, len(train), held)
 
 
