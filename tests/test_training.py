@@ -233,3 +233,38 @@ def test_supervised_training_beats_the_base_on_held_out_images(photos: Path) -> 
     train = [TrainingImage(ids[p], quarters[p], labels[p]) for p in train_at]
     result = Trainer(model, settings).fit(train, validation, self_supervised=False, supervised=True)
     assert result.after > result.before
+
+
+class ScriptedValidation:
+    """Validation scores read from a script, one per call (the base first, then each epoch)."""
+
+    metric = "scripted"
+
+    def __init__(self, scores: Sequence[float]) -> None:
+        self.scores = list(scores)
+
+    def score(self, embed: object) -> float:
+        return self.scores.pop(0)
+
+
+def test_early_stopping_keeps_the_latest_of_tied_epochs_and_waits_again_after_a_tie(photos: Path) -> None:
+    images = [work_image(Image.open(photos / n)) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
+    settings = TrainSettings(epochs=8, batch_size=3, min_images_per_epoch=3, train_from=15, patience=2)
+    trainer = Trainer(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), settings)
+    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
+    # base 0.5; epoch 1 beats it, epoch 2 ties epoch 1, then two epochs below: stop after epoch 4.
+    validation = ScriptedValidation([0.5, 0.6, 0.6, 0.55, 0.58, 0.9, 0.9, 0.9, 0.9])
+    result = trainer.fit(train, validation, self_supervised=True, supervised=False)
+    assert (result.best_epoch, len(result.history), result.after) == (2, 4, 0.6)
+    assert result.stopped_early
+
+
+def test_an_epoch_that_only_ties_the_base_is_not_kept(photos: Path) -> None:
+    images = [work_image(Image.open(photos / n)) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
+    settings = TrainSettings(epochs=3, batch_size=3, min_images_per_epoch=3, train_from=15, patience=2)
+    trainer = Trainer(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), settings)
+    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
+    result = trainer.fit(
+        train, ScriptedValidation([0.5, 0.5, 0.5, 0.5]), self_supervised=True, supervised=False
+    )
+    assert (result.best_epoch, len(result.history), result.after) == (0, 2, 0.5)

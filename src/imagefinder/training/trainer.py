@@ -8,7 +8,8 @@ own (GeM, L2), so the result is the same architecture at the same query cost.
 Losses (see `losses`): self-supervised copy detection (InfoNCE between two edited views of each
 image, each view against the plain embeddings of the whole training collection, and KoLeo
 spread), supervised (SupCon or a proxy softmax over the labels), or both summed.
-Validation after every epoch, early stopping on it, the best epoch's weights kept.
+Validation after every epoch, early stopping on it, the best epoch's weights kept (the latest
+of tied ones).
 """
 
 from __future__ import annotations
@@ -215,7 +216,7 @@ class Trainer:
                 result.history.append(record)
                 if progress is not None:
                     progress(record, seen, len(order))
-                if score > best_score:
+                if _keeps(score, best_score, result.best_epoch):
                     best_state, best_score, waited, result.best_epoch = (
                         copy.deepcopy(model.state_dict()),
                         score,
@@ -432,6 +433,15 @@ def _unfreeze_last_stages(model: PooledEmbedder, train_from: int) -> list[torch.
             parameter.requires_grad_(True)
             trainable.append(parameter)
     return trainable
+
+
+def _keeps(score: float, best: float, best_epoch: int) -> bool:
+    """Whether an epoch scoring `score` becomes the one kept. It must beat the base model, but a
+    tie with an earlier epoch keeps the later one and restarts the patience: the validation is a
+    recall over a few hundred fixed views, where ties are common, and under the cosine schedule
+    the early epochs' high learning rate moves it up and down before it climbs, so counting a
+    tie as no progress could stop a run in that noise (docs/models.md, "Run to run")."""
+    return score > best or (best_epoch > 0 and score == best)
 
 
 def _view_workers(settings: TrainSettings) -> int:
