@@ -127,6 +127,34 @@ def test_rollback_and_reindex_with_any_registered_version(tuned_home: Path) -> N
     assert info(tuned_home)["encoder"] == tuned["encoder"]
 
 
+def test_a_reindex_retires_generations_beyond_the_limit_with_their_scan_memory(tuned_home: Path) -> None:
+    served_with = str(info(tuned_home)["served_with"])
+    run(tuned_home, "reindex", "--model", served_with, "--quiet")  # whatever ran before, not g0001
+    generations = tuned_home / "index.generations"
+    before = json.loads((generations / "CURRENT").read_text())["current"]
+    run(tuned_home, "duplicates", "--views", "single", "--quiet")  # remembers its scan
+    scans = set((tuned_home / "scans").glob("duplicates-*.npz"))
+    assert len(scans) == 1
+    env = {**_env(tuned_home), "IMAGEFINDER_STORE__KEEP_GENERATIONS": "2"}
+    # The base version, then the fine-tuned one again: the test after this one rolls back to
+    # another model.
+    for model in ("models:/imagefinder-encoder/1", served_with):
+        result = subprocess.run(
+            [sys.executable, "-m", "imagefinder", "reindex", "--model", model, "--quiet"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert f"removed older generations {before}" in result.stdout
+    pointer = json.loads((generations / "CURRENT").read_text())
+    assert len(pointer["history"]) == 3 and pointer["history"][0] == "" and before not in pointer["history"]
+    assert not (generations / before).exists() and (tuned_home / "index").is_dir()
+    assert not scans & set((tuned_home / "scans").glob("duplicates-*.npz"))  # its scan memory went too
+    assert info(tuned_home)["images"] == 37
+
+
 def test_a_running_server_follows_the_switch_without_a_failed_request(tuned_home: Path) -> None:
     failures: list[str] = []
     answered: list[str] = []

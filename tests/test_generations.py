@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from imagefinder.generations import GenerationError, Generations
+from imagefinder.generations import GenerationError, Generations, retired
 
 
 def test_a_fresh_index_serves_its_base_folder(tmp_path: Path) -> None:
@@ -82,3 +82,12 @@ def test_an_unreadable_pointer_is_a_clear_error(tmp_path: Path) -> None:
     (generations.folder / "CURRENT").write_text("{not json")
     with pytest.raises(GenerationError, match="cannot be read"):
         generations.current()
+
+
+def test_retiring_keeps_the_last_generations_and_the_first() -> None:
+    history = ["", "g0002", "g0003", "g0004", "g0005"]
+    assert retired(history, 3) == ["g0002"]
+    assert retired(history, 2) == ["g0002", "g0003"]
+    assert retired(history, 1) == ["g0002", "g0003"]  # never fewer than the served and one before
+    assert retired(history, 9) == []
+    assert retired(["g0004", "g0005", "g0006"], 2) == ["g0004"]

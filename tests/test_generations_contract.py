@@ -80,6 +80,35 @@ def test_build_switch_follow_and_roll_back(index: tuple[str, Callable[[str], Any
         generations.rollback()
 
 
+def test_older_generations_are_retired_after_a_switch_but_never_the_first(
+    index: tuple[str, Callable[[str], Any]],
+) -> None:
+    location, open_at = index
+    generations = generations_at(location)
+    fill(open_at(generations.current().location), ["a"])
+    built, retired = [], []
+    for _ in range(4):
+        with generations.building() as generation:
+            fill(open_at(generation.location), ["a", "b"])
+            generations.switch(generation)
+            retired.append(generations.retire(3))
+        built.append(generation)
+    assert [[g.label for g in gone] for gone in retired] == [[], [], [], ["g0002"]]
+    assert [g.label for g in generations.history()] == ["g0001", "g0003", "g0004", "g0005"]
+    assert not _exists(generations, built[0].location)
+    assert all(_exists(generations, g.location) for g in built[1:])
+    assert _exists(generations, location)  # the first generation is never retired
+    assert generations.rollback().label == "g0004"
+    assert generations.retire(3) == []  # what is left is within the limit
+
+
+def _exists(generations: IndexGenerations, location: str) -> bool:
+    if location.startswith("milvus://"):
+        calls = generations._calls  # type: ignore[attr-defined]  # noqa: SLF001
+        return bool(calls(calls.client.has_collection, location.rsplit("/", 1)[1]))
+    return Path(location).is_dir()
+
+
 def test_a_failed_build_leaves_nothing_served_or_kept(index: tuple[str, Callable[[str], Any]]) -> None:
     location, open_at = index
     generations = generations_at(location)

@@ -218,6 +218,11 @@ def _reindex(settings: Settings, model_uri: str, allow_missing: bool, quiet: boo
         f"{result.generation.label} in {result.report.seconds:.1f} s; now serving it "
         f"(was {result.previous.label}; `imagefinder rollback` serves that again)"
     )
+    if result.retired:
+        removed = ", ".join(g.label for g in result.retired)
+        click.echo(
+            f"removed older generations {removed} (store.keep_generations: {settings.store.keep_generations})"
+        )
 
 
 def _tracking_off() -> Any:

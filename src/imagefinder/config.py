@@ -39,6 +39,13 @@ class StoreSettings(BaseModel):
         description="A Milvus collection instead of the embedded store: milvus://host:port/collection "
         "(milvuss:// for TLS).",
     )
+    keep_generations: int = Field(
+        3,
+        ge=2,
+        description="Index generations kept after a reindex switches to a new one: the served one "
+        "and those `imagefinder rollback` can go back to; older ones are removed (the first, the "
+        "index folder or collection itself, is always kept).",
+    )
     exact_below: int = Field(
         20_000,
         ge=1,

@@ -10,6 +10,10 @@ Layout, for the index folder `base` (`<home>/index` unless configured):
     base.generations/g0002/      later generations, one folder each
     base.generations/CURRENT     {"current": "g0002", "history": ["", "g0002"]}
 
+After a switch, the generations served before the last few (`retire`, `store.keep_generations`)
+are removed, except the first, so a collection fine-tuned again and again does not keep a copy of
+its index per version.
+
 CURRENT is replaced whole (written beside, fsynced, renamed), so a process killed at any moment
 leaves either the old or the new pointer, never half of one; a generation folder that CURRENT
 never named (a build that was killed) is not served and is removed by the next build. A reader
@@ -76,7 +80,20 @@ class IndexGenerations(Protocol):
         """Serve the generation served before the current one again."""
         ...
 
+    def retire(self, keep: int) -> list[Generation]:
+        """Remove the generations served before the last `keep` (the first generation, where
+        the index always lived, excepted) and return them; the served one is always kept."""
+        ...
+
     def close(self) -> None: ...
+
+
+def retired(history: list[str], keep: int) -> list[str]:
+    """The names of `history` (oldest first) that retiring down to `keep` removes: all but the
+    last `keep`, never the first generation "" (it is the index folder or the collection users
+    and tools know by name), never fewer than two kept (the served one and one to roll back to)."""
+    recent = history[-max(2, keep) :]
+    return [name for name in history if name and name not in recent]
 
 
 def next_name(history: list[str]) -> str:
@@ -142,6 +159,19 @@ class Generations:
             raise GenerationError(f"the previous generation {previous.label} is gone from {previous.path}")
         self._write({"current": previous.name, "history": history[:-1]})
         return previous
+
+    def retire(self, keep: int) -> list[Generation]:
+        state = self._state()
+        history: list[str] = state["history"]  # type: ignore[assignment]
+        gone = retired(history, keep)
+        if not gone:
+            return []
+        # The pointer first: a process killed before the folders go leaves folders that no
+        # pointer names, which the next build removes (`_remove_unserved`).
+        self._write({"current": state["current"], "history": [n for n in history if n not in gone]})
+        for name in gone:
+            shutil.rmtree(self._generation(name).path, ignore_errors=True)
+        return [self._generation(name) for name in gone]
 
     def close(self) -> None:
         """Nothing to release: the pointer is a file read on each call."""

@@ -39,6 +39,7 @@ class ReindexResult:
     generation: Generation
     previous: Generation
     report: IndexReport
+    retired: list[Generation]  # older generations removed after the switch
 
 
 class Reindexer:
@@ -49,12 +50,19 @@ class Reindexer:
         reader: ImageReader,
         open_store: Callable[[str], VectorStore],
         make_service: Callable[[Encoder, VectorStore], ImageFinder],
+        keep: int = 3,
+        on_retired: Callable[[Generation], None] | None = None,
     ) -> None:
+        """After a switch, generations served before the last `keep` are removed
+        (`IndexGenerations.retire`) and each is told to `on_retired` (what other rooms keep per
+        generation, such as a duplicates scan's memory, goes with it)."""
         self._generations = generations
         self._current = current
         self._reader = reader
         self._open_store = open_store
         self._make_service = make_service
+        self._keep = keep
+        self._on_retired = on_retired
 
     def run(
         self,
@@ -81,7 +89,11 @@ class Reindexer:
             finally:
                 service.close()
             self._generations.switch(generation)
-        return ReindexResult(generation, previous, report)
+            retired = self._generations.retire(self._keep)
+        for old in retired:
+            if self._on_retired is not None:
+                self._on_retired(old)
+        return ReindexResult(generation, previous, report, retired)
 
     def close(self) -> None:
         self._generations.close()

@@ -134,9 +134,12 @@ def duplicate_finder(
 def scan_memory(settings: Settings) -> FileScanMemory:
     """Where `imagefinder duplicates` remembers its last scan of the served index: one file per
     index location (a new generation starts over)."""
-    location = served_location(settings)
+    return FileScanMemory(scan_memory_path(settings, served_location(settings)))
+
+
+def scan_memory_path(settings: Settings, location: str) -> Path:
     digest = hashlib.sha256(location.encode("utf-8")).hexdigest()[:16]
-    return FileScanMemory(settings.home_dir / "scans" / f"duplicates-{digest}.npz")
+    return settings.home_dir / "scans" / f"duplicates-{digest}.npz"
 
 
 def build_tracker(settings: Settings) -> Tracker:
@@ -333,4 +336,6 @@ def build_reindexer(settings: Settings, current: VectorStore) -> Reindexer:
         image_reader(settings),
         lambda location: open_store_at(location, settings),
         lambda encoder, store: service_for(settings, encoder, store),
+        settings.store.keep_generations,
+        lambda retired: scan_memory_path(settings, retired.location).unlink(missing_ok=True),
     )

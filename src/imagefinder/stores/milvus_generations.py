@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from imagefinder.generations import Generation, GenerationError, next_name
+from imagefinder.generations import Generation, GenerationError, next_name, retired
 from imagefinder.processes import process_alive
 from imagefinder.stores.milvus_meta import META_COLLECTION, MilvusCalls, MilvusMeta
 
@@ -76,6 +76,18 @@ class MilvusGenerations:
             raise GenerationError(f"the previous generation {previous.label} is gone ({previous.location})")
         self._meta.put(POINTER, json.dumps({"current": previous.name, "history": history[:-1]}))
         return previous
+
+    def retire(self, keep: int) -> list[Generation]:
+        current, history = self._state()
+        gone = retired(history, keep)
+        if not gone:
+            return []
+        # The pointer first: a collection no pointer names is dropped by the next build.
+        kept = [name for name in history if name not in gone]
+        self._meta.put(POINTER, json.dumps({"current": current, "history": kept}))
+        for name in gone:
+            self._drop(name)
+        return [self._generation(name) for name in gone]
 
     def close(self) -> None:
         self._calls.close()
