@@ -268,3 +268,14 @@ def test_an_epoch_that_only_ties_the_base_is_not_kept(photos: Path) -> None:
         train, ScriptedValidation([0.5, 0.5, 0.5, 0.5]), self_supervised=True, supervised=False
     )
     assert (result.best_epoch, len(result.history), result.after) == (0, 2, 0.5)
+
+
+def test_early_stopping_waits_for_half_the_schedule(photos: Path) -> None:
+    images = [work_image(Image.open(photos / n)) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
+    settings = TrainSettings(epochs=8, batch_size=3, min_images_per_epoch=3, train_from=15, patience=1)
+    trainer = Trainer(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), settings)
+    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
+    # Patience 1 alone would stop at epoch 2; half the schedule is 4 epochs, and epoch 4 is better.
+    validation = ScriptedValidation([0.5, 0.6, 0.55, 0.58, 0.7, 0.65, 0.6, 0.6, 0.6])
+    result = trainer.fit(train, validation, self_supervised=True, supervised=False)
+    assert (result.best_epoch, len(result.history), result.after) == (4, 5, 0.7)

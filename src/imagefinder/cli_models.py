@@ -37,7 +37,7 @@ from imagefinder.config import Settings
     type=click.IntRange(1, 1000),
     default=4,
     show_default=True,
-    help="Stop after this many epochs without a better validation score.",
+    help="Stop after this many epochs without a better validation score (not before half of --epochs).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(

@@ -8,8 +8,8 @@ own (GeM, L2), so the result is the same architecture at the same query cost.
 Losses (see `losses`): self-supervised copy detection (InfoNCE between two edited views of each
 image, each view against the plain embeddings of the whole training collection, and KoLeo
 spread), supervised (SupCon or a proxy softmax over the labels), or both summed.
-Validation after every epoch, early stopping on it, the best epoch's weights kept (the latest
-of tied ones).
+Validation after every epoch, early stopping on it (not before half the epochs), the best
+epoch's weights kept (the latest of tied ones).
 """
 
 from __future__ import annotations
@@ -225,7 +225,9 @@ class Trainer:
                     )
                 else:
                     waited += 1
-                    if waited >= s.patience:
+                    # Not before half the schedule: while the cosine learning rate is still
+                    # high, the validation moves up and down before it climbs.
+                    if waited >= s.patience and epoch >= s.epochs // 2:
                         result.stopped_early = epoch < s.epochs
                         break
         model.load_state_dict(best_state)
