@@ -105,7 +105,7 @@ bench-quality: install
 # Fine-tuning on the dev benchmark next to the base, in one run: self-supervised on the
 # near-duplicate collection, supervised (SupCon and proxy softmax) on same_class (~35 min).
 bench-finetune: install
-	$(BIN)/python bench/finetune.py --out bench/results/finetune.json
+	$(BIN)/python bench/finetune.py --views adaptive,single,thorough --out bench/results/finetune.json
 
 # index --engine ray (local Ray with 1 and 2 CPUs) next to the single-process indexer on the same
 # photos in one run: images/s, time to first result, peak memory of driver and Ray (~5 min).

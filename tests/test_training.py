@@ -279,3 +279,13 @@ def test_early_stopping_waits_for_half_the_schedule(photos: Path) -> None:
     validation = ScriptedValidation([0.5, 0.6, 0.55, 0.58, 0.7, 0.65, 0.6, 0.6, 0.6])
     result = trainer.fit(train, validation, self_supervised=True, supervised=False)
     assert (result.best_epoch, len(result.history), result.after) == (4, 5, 0.7)
+
+
+def test_an_odd_schedule_is_not_stopped_before_its_half(photos: Path) -> None:
+    images = [work_image(Image.open(photos / n)) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
+    settings = TrainSettings(epochs=5, batch_size=3, min_images_per_epoch=3, train_from=15, patience=1)
+    trainer = Trainer(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), settings)
+    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
+    validation = ScriptedValidation([0.5, 0.6, 0.55, 0.56, 0.57, 0.58])
+    result = trainer.fit(train, validation, self_supervised=True, supervised=False)
+    assert (result.best_epoch, len(result.history)) == (1, 3)  # epoch 2 is before half of 5

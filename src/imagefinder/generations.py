@@ -10,8 +10,8 @@ Layout, for the index folder `base` (`<home>/index` unless configured):
     base.generations/g0002/      later generations, one folder each
     base.generations/CURRENT     {"current": "g0002", "history": ["", "g0002"]}
 
-After a switch, the generations served before the last few (`retire`, `store.keep_generations`)
-are removed, except the first, so a collection fine-tuned again and again does not keep a copy of
+A switch can retire the generations served before the last few (`store.keep_generations`),
+except the first, so a collection fine-tuned again and again does not keep a copy of
 its index per version.
 
 CURRENT is replaced whole (written beside, fsynced, renamed), so a process killed at any moment
@@ -72,17 +72,15 @@ class IndexGenerations(Protocol):
         A build that raises (or is killed) leaves nothing that is served."""
         ...
 
-    def switch(self, generation: Generation) -> None:
-        """Serve `generation` from now on, in one atomic step."""
+    def switch(self, generation: Generation, keep: int | None = None) -> list[Generation]:
+        """Serve `generation` from now on, in one atomic step. With `keep`, the generations
+        served before the last `keep` (`retired`: never the first) are forgotten in that same
+        step, then removed, best effort (what a failure leaves, the next build removes); they
+        are returned."""
         ...
 
     def rollback(self) -> Generation:
         """Serve the generation served before the current one again."""
-        ...
-
-    def retire(self, keep: int) -> list[Generation]:
-        """Remove the generations served before the last `keep` (the first generation, where
-        the index always lived, excepted) and return them; the served one is always kept."""
         ...
 
     def close(self) -> None: ...
@@ -142,42 +140,48 @@ class Generations:
                     shutil.rmtree(generation.path, ignore_errors=True)
                 raise
 
-    def switch(self, generation: Generation) -> None:
-        """Serve `generation` from now on."""
-        state = self._state()
-        history = [name for name in state["history"] if name != generation.name] + [generation.name]
-        self._write({"current": generation.name, "history": history})
-
-    def rollback(self) -> Generation:
-        """Serve the generation served before the current one again."""
-        state = self._state()
-        history = state["history"]
-        if len(history) < 2:
-            raise GenerationError("there is no previous index generation to roll back to")
-        previous = self._generation(history[-2])
-        if not previous.path.is_dir():
-            raise GenerationError(f"the previous generation {previous.label} is gone from {previous.path}")
-        self._write({"current": previous.name, "history": history[:-1]})
-        return previous
-
-    def retire(self, keep: int) -> list[Generation]:
-        state = self._state()
-        history: list[str] = state["history"]  # type: ignore[assignment]
-        gone = retired(history, keep)
-        if not gone:
-            return []
-        # The pointer first: a process killed before the folders go leaves folders that no
-        # pointer names, which the next build removes (`_remove_unserved`).
-        self._write({"current": state["current"], "history": [n for n in history if n not in gone]})
+    def switch(self, generation: Generation, keep: int | None = None) -> list[Generation]:
+        with self._pointer_lock():
+            history = [name for name in self._history() if name != generation.name] + [generation.name]
+            gone = retired(history, keep) if keep is not None else []
+            # One write names the new generation and forgets the retired ones, so a server
+            # following the pointer sees one change; a process killed before the folders go
+            # leaves folders no pointer names, which the next build removes.
+            self._write({"current": generation.name, "history": [n for n in history if n not in gone]})
         for name in gone:
             shutil.rmtree(self._generation(name).path, ignore_errors=True)
         return [self._generation(name) for name in gone]
 
+    def rollback(self) -> Generation:
+        with self._pointer_lock():
+            history = self._history()
+            if len(history) < 2:
+                raise GenerationError("there is no previous index generation to roll back to")
+            previous = self._generation(history[-2])
+            if not previous.path.is_dir():
+                raise GenerationError(
+                    f"the previous generation {previous.label} is gone from {previous.path}"
+                )
+            self._write({"current": previous.name, "history": history[:-1]})
+        return previous
+
     def close(self) -> None:
         """Nothing to release: the pointer is a file read on each call."""
 
+    @contextmanager
+    def _pointer_lock(self) -> Iterator[None]:
+        """Held while the pointer is read, changed and written, so a rollback and a switch at
+        once cannot undo each other or name a generation the other retires."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / ".pointer.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
     def _generation(self, name: str) -> Generation:
         return Generation(name, str(self.folder / name if name else self.base))
+
+    def _history(self) -> list[str]:
+        return [str(name) for name in self._state()["history"]]  # type: ignore[attr-defined]
 
     def _state(self) -> dict[str, object]:
         try:

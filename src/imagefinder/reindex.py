@@ -53,8 +53,8 @@ class Reindexer:
         keep: int = 3,
         on_retired: Callable[[Generation], None] | None = None,
     ) -> None:
-        """After a switch, generations served before the last `keep` are removed
-        (`IndexGenerations.retire`) and each is told to `on_retired` (what other rooms keep per
+        """The switch retires the generations served before the last `keep`
+        (`IndexGenerations.switch`), and each is told to `on_retired` (what other rooms keep per
         generation, such as a duplicates scan's memory, goes with it)."""
         self._generations = generations
         self._current = current
@@ -88,8 +88,7 @@ class Reindexer:
                     service.store.set_meta(SERVE_WITH, model.uri)
             finally:
                 service.close()
-            self._generations.switch(generation)
-            retired = self._generations.retire(self._keep)
+            retired = self._generations.switch(generation, self._keep)
         for old in retired:
             if self._on_retired is not None:
                 self._on_retired(old)

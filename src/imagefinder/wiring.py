@@ -337,5 +337,14 @@ def build_reindexer(settings: Settings, current: VectorStore) -> Reindexer:
         lambda location: open_store_at(location, settings),
         lambda encoder, store: service_for(settings, encoder, store),
         settings.store.keep_generations,
-        lambda retired: scan_memory_path(settings, retired.location).unlink(missing_ok=True),
+        lambda retired: forget_scan(settings, retired.location),
     )
+
+
+def forget_scan(settings: Settings, location: str) -> None:
+    """Remove what `imagefinder duplicates` remembers of the index at `location` (best effort:
+    a file left behind is only a stale cache, never read for another location)."""
+    try:
+        scan_memory_path(settings, location).unlink(missing_ok=True)
+    except OSError:
+        pass

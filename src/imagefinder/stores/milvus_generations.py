@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from imagefinder.errors import ImageFinderError
 from imagefinder.generations import Generation, GenerationError, next_name, retired
 from imagefinder.processes import process_alive
 from imagefinder.stores.milvus_meta import META_COLLECTION, MilvusCalls, MilvusMeta
@@ -63,9 +64,23 @@ class MilvusGenerations:
         finally:
             self._meta.delete(LOCK)
 
-    def switch(self, generation: Generation) -> None:
+    def switch(self, generation: Generation, keep: int | None = None) -> list[Generation]:
         history = [name for name in self._state()[1] if name != generation.name] + [generation.name]
-        self._meta.put(POINTER, json.dumps({"current": generation.name, "history": history}))
+        gone = retired(history, keep) if keep is not None else []
+        # One upsert names the new generation and forgets the retired ones; a collection no
+        # pointer names is dropped by the next build, so the drops below may fail or be cut short.
+        kept = [name for name in history if name not in gone]
+        self._meta.put(POINTER, json.dumps({"current": generation.name, "history": kept}))
+        dropped = []
+        for name in gone:
+            if name in self._state()[1]:  # named again meanwhile (Milvus has no compare-and-set)
+                continue
+            try:
+                self._drop(name)
+            except ImageFinderError:
+                break  # the next build drops what is left
+            dropped.append(self._generation(name))
+        return dropped
 
     def rollback(self) -> Generation:
         history = self._state()[1]
@@ -76,18 +91,6 @@ class MilvusGenerations:
             raise GenerationError(f"the previous generation {previous.label} is gone ({previous.location})")
         self._meta.put(POINTER, json.dumps({"current": previous.name, "history": history[:-1]}))
         return previous
-
-    def retire(self, keep: int) -> list[Generation]:
-        current, history = self._state()
-        gone = retired(history, keep)
-        if not gone:
-            return []
-        # The pointer first: a collection no pointer names is dropped by the next build.
-        kept = [name for name in history if name not in gone]
-        self._meta.put(POINTER, json.dumps({"current": current, "history": kept}))
-        for name in gone:
-            self._drop(name)
-        return [self._generation(name) for name in gone]
 
     def close(self) -> None:
         self._calls.close()
@@ -139,7 +142,9 @@ class MilvusGenerations:
         self._drop_collection(self._name(generation))
 
     def _drop_collection(self, name: str) -> None:
+        # Its facts in the meta collection first: a collection left without them is still
+        # found and dropped by the next build, but facts left without a collection would be
+        # inherited by a later generation of the same name.
+        self._calls(self._calls.client.delete, META_COLLECTION, filter=f'key like "{name}/%"')
         if self._calls(self._calls.client.has_collection, name):
             self._calls(self._calls.client.drop_collection, name)
-        # Its facts in the meta collection go with it.
-        self._calls(self._calls.client.delete, META_COLLECTION, filter=f'key like "{name}/%"')

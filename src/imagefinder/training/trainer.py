@@ -227,7 +227,7 @@ class Trainer:
                     waited += 1
                     # Not before half the schedule: while the cosine learning rate is still
                     # high, the validation moves up and down before it climbs.
-                    if waited >= s.patience and epoch >= s.epochs // 2:
+                    if waited >= s.patience and 2 * epoch >= s.epochs:
                         result.stopped_early = epoch < s.epochs
                         break
         model.load_state_dict(best_state)
