@@ -68,6 +68,19 @@ def test_apply_serves_the_finetuned_version(tuned_home: Path) -> None:
     hits = json.loads(run(tuned_home, "search", str(tuned_home / "photos" / "chelsea.jpg"), "--json").stdout)
     assert hits["results"][0]["id"] == "chelsea.jpg"
     assert "+ft-" in hits["model"]["version"]
+    # evaluate --use-index measures that generation with that version too.
+    truth = tuned_home / "truth.csv"
+    truth.write_text("query_file,expected_collection_file\nchelsea.jpg,chelsea.jpg\n")
+    measured = run(
+        tuned_home,
+        "evaluate",
+        "--use-index",
+        "--queries",
+        str(tuned_home / "photos"),
+        "--ground-truth",
+        str(truth),
+    ).stdout
+    assert "+ft-" in measured and "recall@1      1.0" in measured
 
 
 def test_lineage_in_models_and_runs(tuned_home: Path) -> None:

@@ -119,12 +119,15 @@ def _evaluate_one(
     from imagefinder.evaluation.runner import evaluate_ground_truth, evaluate_labelled, read_groups
     from imagefinder.service import ImageFinder
     from imagefinder.stores.embedded import EmbeddedStore
-    from imagefinder.wiring import build_configured_encoder, service_for
+    from imagefinder.wiring import build_configured_encoder, build_service, service_for
 
-    encoder = build_configured_encoder(settings)
+    # --use-index: the served generation on whichever backend, with the model that built it
+    # (after `finetune --apply` that is the fine-tuned version, not the configured one).
+    served = build_service(settings) if use_index else None
+    encoder = served.encoder if served is not None else build_configured_encoder(settings)
 
     def make_service(store_dir: Path) -> ImageFinder:
-        return service_for(settings, encoder, EmbeddedStore(store_dir))
+        return served if served is not None else service_for(settings, encoder, EmbeddedStore(store_dir))
 
     if labelled is not None:
         evaluation = evaluate_labelled(make_service, labelled)
@@ -138,7 +141,6 @@ def _evaluate_one(
             queries,
             ground_truth,
             group_map,
-            store_dir=settings.store_dir if use_index else None,
         )
         title = f"Retrieval of {queries} against {'the current index' if use_index else collection}"
     metrics = evaluation.metrics
@@ -179,7 +181,7 @@ def _track_evaluation(
     import tempfile
 
     from imagefinder.evaluation.report import pr_curve_svg, render_html
-    from imagefinder.wiring import build_tracker, open_store
+    from imagefinder.wiring import build_tracker, open_store, served_location
 
     tracker = build_tracker(settings)
     if not tracker.enabled:
@@ -210,7 +212,7 @@ def _track_evaluation(
             run.set_tags(
                 {
                     "imagefinder.index_run_id": index_run or "unknown",
-                    "imagefinder.index": str(settings.store_dir),
+                    "imagefinder.index": served_location(settings),
                 }
             )
         else:

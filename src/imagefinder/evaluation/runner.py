@@ -75,14 +75,14 @@ def evaluate_ground_truth(
     queries: Path,
     ground_truth: Path,
     groups: dict[str, str] | None = None,
-    store_dir: Path | None = None,
 ) -> Evaluation:
-    """Index `collection` into a temporary store (or use `store_dir`'s index when `collection` is
-    None), search with every query of the ground truth, and score."""
+    """Index `collection` into a temporary store given to `make_service` (when `collection` is
+    None, `make_service` returns the service over an existing index), search with every query of
+    the ground truth, and score."""
     truth = read_ground_truth(ground_truth)
     query_paths = {os.path.basename(name): path for name, path in image_files(queries).items()}
     with tempfile.TemporaryDirectory(prefix="imagefinder-eval-") as scratch:
-        service = make_service(store_dir or Path(scratch) / "index")
+        service = make_service(Path(scratch) / "index")
         try:
             seconds = _index(service, collection)
             started = time.perf_counter()
