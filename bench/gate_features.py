@@ -5,7 +5,7 @@ turned query from a plain one. Self-supervised fine-tuning trains the encoder to
 copy as its original, which also hides from its vector that a query is pasted. The stem and
 early blocks are never trained (`TrainSettings.train_from`), so their pooled feature map would
 serve the base and every fine-tuned version alike. This fits the gate's own logistic regression,
-on ImageFinder's own edits (`training.augment.composite_view` against `plain_view`) of 100 photos
+on ImageFinder's own edits (`view_gate.gate_views`: composite against plain views) of 100 photos
 of the dev near-duplicate collection, on each kind of feature of the base network (fp32, torch),
 and scores held-out edits of 100 other photos: ROC AUC, and the share of composite and of plain
 views at or above the gate's threshold. No benchmark query is looked at.
@@ -32,9 +32,9 @@ from PIL import Image
 from imagefinder.encoders.efficientnet_lite import load_pretrained_lite0
 from imagefinder.encoders.lite0 import PREPROCESS, lite0_weights_path
 from imagefinder.encoders.preprocess import resize_crop_normalise
-from imagefinder.training.augment import composite_view, plain_view, work_image
+from imagefinder.training.augment import work_image
 from imagefinder.training.trainer import TrainSettings
-from imagefinder.view_gate import THRESHOLD, logistic_regression
+from imagefinder.view_gate import THRESHOLD, gate_views, logistic_regression
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 32
@@ -67,20 +67,6 @@ def features(trunk: torch.nn.Module, images: list[Image.Image], cut: int) -> dic
     return {name: np.concatenate(values) for name, values in parts.items()}
 
 
-def views(images: list[Image.Image], seed: int) -> tuple[list[Image.Image], NDArray[np.float32]]:
-    """Three composite views (label 1) and three plain ones (label 0) of each image, as the
-    gate is fitted (`view_gate.fit_view_gate`)."""
-    rng = random.Random(seed)
-    composite: list[Image.Image] = []
-    plain: list[Image.Image] = []
-    for n, image in enumerate(images):
-        others = [*images[:n], *images[n + 1 :]]
-        composite.extend(composite_view(image, rng, others, kind) for kind in ("paste", "screenshot", "turn"))
-        plain.extend([image, plain_view(image, rng), plain_view(image, rng)])
-    labels = np.concatenate([np.ones(len(composite)), np.zeros(len(plain))]).astype(np.float32)
-    return [*composite, *plain], labels
-
-
 def auc(scores: NDArray[np.float64], labels: NDArray[np.float32]) -> float:
     positive, negative = scores[labels == 1], scores[labels == 0]
     return float(
@@ -98,8 +84,8 @@ def main() -> None:
     cut = TrainSettings().train_from
     files = sorted((args.benchmarks / "near_duplicate" / "collection").iterdir())
     photos = [work_image(Image.open(path)) for path in random.Random(0).sample(files, 200)]
-    fit_views, fit_labels = views(photos[:100], 0)
-    test_views, test_labels = views(photos[100:], 1)
+    fit_views, fit_labels = gate_views(photos[:100], 0)
+    test_views, test_labels = gate_views(photos[100:], 1)
     fit, test = features(trunk, fit_views, cut), features(trunk, test_views, cut)
     rows = {}
     for name in fit:

@@ -17,7 +17,7 @@ from imagefinder.encoders.efficientnet_lite import PooledEmbedder, load_pretrain
 from imagefinder.encoders.lite0 import lite0_weights_path
 from imagefinder.training import losses
 from imagefinder.training.augment import RealWorldEdits, work_image
-from imagefinder.training.trainer import Objective, Trainer, TrainingImage, TrainSettings
+from imagefinder.training.trainer import Objective, Trainer, TrainingImage, TrainingResult, TrainSettings
 from imagefinder.training.validation import CopyValidation, LabelValidation, average_precision, split
 
 
@@ -247,45 +247,35 @@ class ScriptedValidation:
         return self.scores.pop(0)
 
 
-def test_early_stopping_keeps_the_latest_of_tied_epochs_and_waits_again_after_a_tie(photos: Path) -> None:
+def scripted_fit(photos: Path, epochs: int, patience: int, scores: Sequence[float]) -> TrainingResult:
+    """A short real training on three photos whose validation scores are `scores`."""
     images = [work_image(Image.open(photos / n)) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
-    settings = TrainSettings(epochs=8, batch_size=3, min_images_per_epoch=3, train_from=15, patience=2)
+    settings = TrainSettings(
+        epochs=epochs, batch_size=3, min_images_per_epoch=3, train_from=15, patience=patience
+    )
     trainer = Trainer(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), settings)
     train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
+    return trainer.fit(train, ScriptedValidation(scores), self_supervised=True, supervised=False)
+
+
+def test_early_stopping_keeps_the_latest_of_tied_epochs_and_waits_again_after_a_tie(photos: Path) -> None:
     # base 0.5; epoch 1 beats it, epoch 2 ties epoch 1, then two epochs below: stop after epoch 4.
-    validation = ScriptedValidation([0.5, 0.6, 0.6, 0.55, 0.58, 0.9, 0.9, 0.9, 0.9])
-    result = trainer.fit(train, validation, self_supervised=True, supervised=False)
+    result = scripted_fit(photos, 8, 2, [0.5, 0.6, 0.6, 0.55, 0.58, 0.9, 0.9, 0.9, 0.9])
     assert (result.best_epoch, len(result.history), result.after) == (2, 4, 0.6)
     assert result.stopped_early
 
 
 def test_an_epoch_that_only_ties_the_base_is_not_kept(photos: Path) -> None:
-    images = [work_image(Image.open(photos / n)) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
-    settings = TrainSettings(epochs=3, batch_size=3, min_images_per_epoch=3, train_from=15, patience=2)
-    trainer = Trainer(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), settings)
-    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
-    result = trainer.fit(
-        train, ScriptedValidation([0.5, 0.5, 0.5, 0.5]), self_supervised=True, supervised=False
-    )
+    result = scripted_fit(photos, 3, 2, [0.5, 0.5, 0.5, 0.5])
     assert (result.best_epoch, len(result.history), result.after) == (0, 2, 0.5)
 
 
 def test_early_stopping_waits_for_half_the_schedule(photos: Path) -> None:
-    images = [work_image(Image.open(photos / n)) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
-    settings = TrainSettings(epochs=8, batch_size=3, min_images_per_epoch=3, train_from=15, patience=1)
-    trainer = Trainer(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), settings)
-    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
     # Patience 1 alone would stop at epoch 2; half the schedule is 4 epochs, and epoch 4 is better.
-    validation = ScriptedValidation([0.5, 0.6, 0.55, 0.58, 0.7, 0.65, 0.6, 0.6, 0.6])
-    result = trainer.fit(train, validation, self_supervised=True, supervised=False)
+    result = scripted_fit(photos, 8, 1, [0.5, 0.6, 0.55, 0.58, 0.7, 0.65, 0.6, 0.6, 0.6])
     assert (result.best_epoch, len(result.history), result.after) == (4, 5, 0.7)
 
 
 def test_an_odd_schedule_is_not_stopped_before_its_half(photos: Path) -> None:
-    images = [work_image(Image.open(photos / n)) for n in ("chelsea.png", "coffee.png", "rocket.jpg")]
-    settings = TrainSettings(epochs=5, batch_size=3, min_images_per_epoch=3, train_from=15, patience=1)
-    trainer = Trainer(PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), settings)
-    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
-    validation = ScriptedValidation([0.5, 0.6, 0.55, 0.56, 0.57, 0.58])
-    result = trainer.fit(train, validation, self_supervised=True, supervised=False)
+    result = scripted_fit(photos, 5, 1, [0.5, 0.6, 0.55, 0.56, 0.57, 0.58])
     assert (result.best_epoch, len(result.history)) == (1, 3)  # epoch 2 is before half of 5

@@ -94,6 +94,17 @@ def encoder_key(info: EncoderInfo) -> str:
 
 def fit_view_gate(images: Sequence[Image.Image], embed: Embed, encoder: str, seed: int = 0) -> ViewGate:
     """A gate for `embed`'s vectors from views of `images` (RGB, working size: `augment.work_image`)."""
+    views, labels = gate_views(images, seed)
+    # In batches: a large model given hundreds of images in one call can run out of memory.
+    vectors = np.concatenate([embed(views[i : i + EMBED_BATCH]) for i in range(0, len(views), EMBED_BATCH)])
+    weights, bias = logistic_regression(vectors, labels)
+    return ViewGate(weights, bias, THRESHOLD, len(images), encoder)
+
+
+def gate_views(images: Sequence[Image.Image], seed: int = 0) -> tuple[list[Image.Image], NDArray[np.float32]]:
+    """What a gate learns from: three composite views of each image (label 1: pasted into another
+    image or a background, framed as a screenshot, turned) and three plain ones (label 0: the
+    image itself and two milder edits)."""
     rng = random.Random(seed)
     composite: list[Image.Image] = []
     plain: list[Image.Image] = []
@@ -101,12 +112,8 @@ def fit_view_gate(images: Sequence[Image.Image], embed: Embed, encoder: str, see
         others = [*images[:n], *images[n + 1 :]]
         composite.extend(composite_view(image, rng, others, kind) for kind in ("paste", "screenshot", "turn"))
         plain.extend([image, plain_view(image, rng), plain_view(image, rng)])
-    views = [*composite, *plain]
-    # In batches: a large model given hundreds of images in one call can run out of memory.
-    vectors = np.concatenate([embed(views[i : i + EMBED_BATCH]) for i in range(0, len(views), EMBED_BATCH)])
     labels = np.concatenate([np.ones(len(composite)), np.zeros(len(plain))]).astype(np.float32)
-    weights, bias = logistic_regression(vectors, labels)
-    return ViewGate(weights, bias, THRESHOLD, len(images), encoder)
+    return [*composite, *plain], labels
 
 
 def logistic_regression(
