@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -179,11 +180,15 @@ class GenerationFollower:
     """Loads the service, then watches `token` and, when it changes (another index generation
     was switched in), builds the new service in the background and swaps it in. Requests keep
     being answered by the old service meanwhile and never fail because of the switch; the old
-    one is closed RETIRE_AFTER_S later. A new generation that fails to load is logged and the
-    old one kept."""
+    one is closed RETIRE_AFTER_S later. A new generation that fails to load is logged, the old
+    one kept, and the load tried again after RETRY_FIRST_S, doubling up to RETRY_MAX_S: a
+    registry or a Milvus server that was briefly out of reach must not leave this server on a
+    generation that later switches retire and remove."""
 
     POLL_S = 0.5
     RETIRE_AFTER_S = 30.0
+    RETRY_FIRST_S = 5.0
+    RETRY_MAX_S = 300.0
 
     def __init__(self, app: FastAPI, factory: ServiceFactory, token: Callable[[], str]) -> None:
         self._app = app
@@ -202,16 +207,24 @@ class GenerationFollower:
     def _run(self) -> None:
         loaded = self._read_token()
         _load(self._app, self._factory)
+        wait_s, retry_at = self.RETRY_FIRST_S, 0.0
         while not self._stop.wait(self.POLL_S):
             token = self._read_token()
-            if token is None or token == loaded:
+            if token is None or token == loaded or time.monotonic() < retry_at:
                 continue
-            loaded = token
             try:
                 fresh = self._factory()
             except Exception as exc:  # noqa: BLE001
-                self._log.error("the new index generation did not load (still serving the old one): %s", exc)
+                self._log.error(
+                    "the new index generation did not load (still serving the old one; trying again in "
+                    "%.0f s): %s",
+                    wait_s,
+                    exc,
+                )
+                retry_at = time.monotonic() + wait_s
+                wait_s = min(2 * wait_s, self.RETRY_MAX_S)
                 continue
+            loaded, wait_s, retry_at = token, self.RETRY_FIRST_S, 0.0
             old = self._app.state.service
             _ready(self._app, fresh)
             self._app.state.load_error = None
