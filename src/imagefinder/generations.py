@@ -94,6 +94,13 @@ def retired(history: list[str], keep: int) -> list[str]:
     return [name for name in history if name and name not in recent]
 
 
+def switched(history: list[str], name: str, keep: int | None) -> tuple[list[str], list[str]]:
+    """(the history after switching to `name`, the names that switch retires with `keep`)."""
+    history = [served for served in history if served != name] + [name]
+    gone = retired(history, keep) if keep is not None else []
+    return [served for served in history if served not in gone], gone
+
+
 def next_name(history: list[str]) -> str:
     used = [int(m.group(1)) for name in history if (m := re.fullmatch(r"g(\d+)", name))]
     return f"g{max([1, *used]) + 1:04d}"
@@ -142,12 +149,11 @@ class Generations:
 
     def switch(self, generation: Generation, keep: int | None = None) -> list[Generation]:
         with self._pointer_lock():
-            history = [name for name in self._history() if name != generation.name] + [generation.name]
-            gone = retired(history, keep) if keep is not None else []
+            history, gone = switched(self._history(), generation.name, keep)
             # One write names the new generation and forgets the retired ones, so a server
             # following the pointer sees one change; a process killed before the folders go
             # leaves folders no pointer names, which the next build removes.
-            self._write({"current": generation.name, "history": [n for n in history if n not in gone]})
+            self._write({"current": generation.name, "history": history})
         for name in gone:
             shutil.rmtree(self._generation(name).path, ignore_errors=True)
         return [self._generation(name) for name in gone]

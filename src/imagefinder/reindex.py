@@ -89,8 +89,8 @@ class Reindexer:
             finally:
                 service.close()
             retired = self._generations.switch(generation, self._keep)
-        for old in retired:
-            if self._on_retired is not None:
+        if self._on_retired is not None:
+            for old in retired:
                 self._on_retired(old)
         return ReindexResult(generation, previous, report, retired)
 

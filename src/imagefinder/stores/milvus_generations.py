@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from imagefinder.errors import ImageFinderError
-from imagefinder.generations import Generation, GenerationError, next_name, retired
+from imagefinder.generations import Generation, GenerationError, next_name, switched
 from imagefinder.processes import process_alive
 from imagefinder.stores.milvus_meta import META_COLLECTION, MilvusCalls, MilvusMeta
 
@@ -65,12 +65,10 @@ class MilvusGenerations:
             self._meta.delete(LOCK)
 
     def switch(self, generation: Generation, keep: int | None = None) -> list[Generation]:
-        history = [name for name in self._state()[1] if name != generation.name] + [generation.name]
-        gone = retired(history, keep) if keep is not None else []
+        history, gone = switched(self._state()[1], generation.name, keep)
         # One upsert names the new generation and forgets the retired ones; a collection no
         # pointer names is dropped by the next build, so the drops below may fail or be cut short.
-        kept = [name for name in history if name not in gone]
-        self._meta.put(POINTER, json.dumps({"current": generation.name, "history": kept}))
+        self._meta.put(POINTER, json.dumps({"current": generation.name, "history": history}))
         dropped = []
         for name in gone:
             if name in self._state()[1]:  # named again meanwhile (Milvus has no compare-and-set)
