@@ -28,13 +28,11 @@ pymilvus is imported only in this module.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +41,7 @@ from numpy.typing import NDArray
 from imagefinder.encoders.base import EncoderInfo
 from imagefinder.errors import StoreError
 from imagefinder.search_space import SearchSpace
+from imagefinder.stores import milvus_query as query
 from imagefinder.stores.base import (
     Filter,
     Hit,
@@ -52,7 +51,7 @@ from imagefinder.stores.base import (
     refuse_other_encoder,
     same_encoder,
 )
-from imagefinder.stores.filters import Conditions, conditions
+from imagefinder.stores.filters import conditions
 from imagefinder.stores.milvus_meta import MilvusCalls, MilvusMeta
 
 log = logging.getLogger(__name__)
@@ -198,7 +197,7 @@ class MilvusStore:
     ) -> list[list[Hit]]:
         """Many rows per request (a duplicates scan sends thousands), each answered on its own."""
         queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        expression = _expression(conditions(where)) if where else ""  # a bad filter fails first
+        expression = query.expression(conditions(where)) if where else ""  # a bad filter fails first
         if k < 1 or self._encoder is None:
             return [[] for _ in range(len(queries))]
         space = self.search_space
@@ -206,12 +205,12 @@ class MilvusStore:
         hits = SIMILAR_HITS_PER_REQUEST
         if space.projection is not None:
             hits = min(hits, SIMILAR_FLOATS_PER_REQUEST // self._encoder.dim)
-        rows_per_request = max(1, hits // _limit(k, space, self._rerank))
+        rows_per_request = max(1, hits // query.limit(k, space, self._rerank))
         for start in range(0, len(queries), rows_per_request):
             chunk = queries[start : start + rows_per_request]
             for row, found in zip(chunk, self._candidates(chunk, k, expression, space), strict=True):
-                best = _scores(found, row[None, :], np.zeros(1), space)
-                results.append([hit for hit in ranked(_hits(found, best), k) if hit.score >= min_score])
+                best = query.scores(found, row[None, :], np.zeros(1), space)
+                results.append([hit for hit in ranked(query.hits(found, best), k) if hit.score >= min_score])
         return results
 
     def search(
@@ -225,26 +224,26 @@ class MilvusStore:
         score lowered by its penalty."""
         queries = np.atleast_2d(np.asarray(vector, dtype=np.float32))
         offsets = np.zeros(len(queries)) if penalties is None else np.asarray(penalties, dtype=np.float64)
-        expression = _expression(conditions(where)) if where else ""  # a bad filter fails first
+        expression = query.expression(conditions(where)) if where else ""  # a bad filter fails first
         if k < 1 or self._encoder is None:
             return []
         space = self.search_space
-        found: dict[str, _Candidate] = {}
+        found: dict[str, query.Candidate] = {}
         for view, hits in enumerate(self._candidates(queries, k, expression, space)):
             for image_id, candidate in hits.items():
                 score = candidate.distance - float(offsets[view])
                 kept = found.get(image_id)
                 if kept is None or score > kept.distance:
-                    found[image_id] = _Candidate(score, candidate.payload, candidate.vector)
-        return ranked(_hits(found, _scores(found, queries, offsets, space)), k)
+                    found[image_id] = query.Candidate(score, candidate.payload, candidate.vector)
+        return ranked(query.hits(found, query.scores(found, queries, offsets, space)), k)
 
     def _candidates(
         self, queries: NDArray[np.float32], k: int, expression: str, space: SearchSpace
-    ) -> list[dict[str, _Candidate]]:
+    ) -> list[dict[str, query.Candidate]]:
         """For each row of `queries`, the index's nearest images (raw inner products), in one
         request; with their stored vectors when the space is whitened, for re-scoring."""
         whitened = space.projection is not None
-        limit = _limit(k, space, self._rerank)
+        limit = query.limit(k, space, self._rerank)
         answers = self._call(
             self._client.search,
             self.collection,
@@ -257,7 +256,7 @@ class MilvusStore:
         )
         return [
             {
-                hit["id"]: _Candidate(
+                hit["id"]: query.Candidate(
                     float(hit["distance"]),
                     hit["entity"]["payload"],
                     np.asarray(hit["entity"]["vector"], dtype=np.float32) if whitened else None,
@@ -412,61 +411,3 @@ class MilvusStore:
             index_params=index,
             consistency_level=self._consistency,
         )
-
-
-def _expression(checked: Conditions) -> str:
-    """Filter conditions (`stores.filters`) -> a Milvus boolean expression on the JSON payload.
-    Values compare as in the embedded store: as text, and numbers/booleans also as JSON values."""
-    clauses = []
-    for name, text in checked:
-        # Milvus reads string literals as they are written, without \uXXXX escapes.
-        path = "payload" + "".join(f"[{_literal(part)}]" for part in name.split(".", 1))
-        options = [f"{path} == {_literal(text)}"]
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, bool):
-            options.append(f"{path} == {'true' if parsed else 'false'}")
-        elif isinstance(parsed, int | float):
-            options.append(f"{path} == {json.dumps(parsed)}")
-        clauses.append("(" + " or ".join(options) + ")")
-    return " and ".join(clauses)
-
-
-def _literal(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    distance: float  # Milvus's inner product, or that less the view's penalty
-    payload: Payload
-    vector: NDArray[np.float32] | None  # when asked for (a whitened space re-scores from it)
-
-
-def _limit(k: int, space: SearchSpace, rerank: int) -> int:
-    """How many to ask Milvus for: a few more than k, so that images tied at the cut can be
-    ordered by id like the embedded store does (Milvus returns an arbitrary subset of a tie);
-    more when the candidates are re-scored in a whitened space."""
-    return min(16384, max(k + 16, rerank if space.projection is not None else 0))
-
-
-def _scores(
-    found: dict[str, _Candidate],
-    queries: NDArray[np.float32],
-    offsets: NDArray[np.float64],
-    space: SearchSpace,
-) -> dict[str, float]:
-    """Each candidate's score in the search space: the index's own in a raw space, re-scored
-    exactly from the stored vectors in a whitened one."""
-    if space.projection is None or not found:
-        return {image_id: candidate.distance for image_id, candidate in found.items()}
-    ids = list(found)
-    stored = np.stack([found[i].vector for i in ids])  # type: ignore[arg-type]
-    exact = space.project(stored) @ space.project(queries).T - offsets.astype(np.float32)
-    return dict(zip(ids, exact.max(axis=1).tolist(), strict=True))
-
-
-def _hits(found: dict[str, _Candidate], scores: dict[str, float]) -> Iterator[tuple[str, float, Payload]]:
-    return ((image_id, score, found[image_id].payload) for image_id, score in scores.items())

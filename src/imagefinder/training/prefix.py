@@ -15,7 +15,8 @@ import torch
 from numpy.typing import NDArray
 
 from imagefinder.encoders.efficientnet_lite import export_graph
-from imagefinder.training.trainer import FrozenPrefix, TrainedStages, frozen_stages
+from imagefinder.training.stages import TrainedStages, frozen_stages
+from imagefinder.training.trainer import FrozenPrefix
 
 
 class _Frozen(torch.nn.Module):

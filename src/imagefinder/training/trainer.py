@@ -27,15 +27,14 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from numpy.typing import NDArray
 from PIL import Image
-from torch import nn
 
 from imagefinder.encoders.efficientnet_lite import PooledEmbedder
 from imagefinder.encoders.preprocess import resize_crop_normalise
 from imagefinder.training import losses
 from imagefinder.training.augment import RealWorldEdits
+from imagefinder.training.stages import TrainedStages, embedding_dim, unfreeze_last_stages
 from imagefinder.training.validation import Embed, Validation
 
 SupervisedLoss = Literal["supcon", "proxy"]
@@ -152,7 +151,7 @@ class Trainer:
         self.edits = edits or RealWorldEdits()
         self.device = torch.device(settings.device)
         self.suffix = TrainedStages(model, settings.train_from)
-        self._trainable = _unfreeze_last_stages(model, settings.train_from)
+        self._trainable = unfreeze_last_stages(model, settings.train_from)
         self._prefix = prefix
         # id(image) -> (image, its vector) under the current weights; emptied by each step.
         self._kept: dict[int, tuple[Image.Image, NDArray[np.float32]]] = {}
@@ -177,7 +176,7 @@ class Trainer:
         proxies = None
         if supervised and s.supervised_loss == "proxy":
             proxies = torch.nn.Parameter(
-                torch.randn(n_labels, _embedding_dim(model), device=self.device) * 0.01
+                torch.randn(n_labels, embedding_dim(model), device=self.device) * 0.01
             )
             trainable.append(proxies)
         optimiser = torch.optim.AdamW(trainable, lr=s.learning_rate, weight_decay=s.weight_decay)
@@ -383,60 +382,6 @@ class Trainer:
         return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
-class TrainedStages(nn.Module):
-    """The trunk cut in two at block `train_from`: `frozen` (stem and early blocks) and this
-    module's forward (later blocks, head, GeM, L2), which shares its parameters with `model`,
-    so training it trains the model."""
-
-    def __init__(self, model: PooledEmbedder, train_from: int) -> None:
-        super().__init__()
-        trunk = model.trunk
-        self._trunk = [trunk]  # a list: not registered twice as a submodule
-        self.blocks = nn.ModuleList(trunk._blocks[train_from:])  # type: ignore[index]
-        self.head = trunk._conv_head  # type: ignore[union-attr]
-        self.head_bn = trunk._bn1  # type: ignore[union-attr]
-        self.train_from = train_from
-        self.p = model.p
-
-    @property
-    def trunk(self) -> nn.Module:
-        return self._trunk[0]
-
-    def frozen(self, pixels: torch.Tensor) -> torch.Tensor:
-        return frozen_stages(self.trunk, self.train_from, pixels)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        for block in self.blocks:
-            features = block(features)
-        features = F.relu6(self.head_bn(self.head(features))).clamp(min=1e-6)
-        pooled = features.pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
-        return F.normalize(pooled, dim=1)
-
-
-def frozen_stages(trunk: nn.Module, train_from: int, pixels: torch.Tensor) -> torch.Tensor:
-    """The stem and the blocks before `train_from`: pixels -> feature maps."""
-    x = F.relu6(trunk._bn0(trunk._conv_stem(pixels)))  # type: ignore[operator]
-    for block in trunk._blocks[:train_from]:  # type: ignore[index]
-        x = block(x)
-    return x
-
-
-def _unfreeze_last_stages(model: PooledEmbedder, train_from: int) -> list[torch.nn.Parameter]:
-    """Freeze everything, then let the blocks from `train_from` and the head learn. Batch norm
-    stays in eval mode (its statistics fixed) throughout: see the module's docstring."""
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    trunk = model.trunk
-    modules = [*trunk._blocks[train_from:], trunk._conv_head, trunk._bn1]  # type: ignore[index]
-    trainable: list[torch.nn.Parameter] = []
-    for module in modules:
-        for parameter in module.parameters():
-            parameter.requires_grad_(True)
-            trainable.append(parameter)
-    return trainable
-
-
 def _keeps(score: float, best: float, best_epoch: int) -> bool:
     """Whether an epoch scoring `score` becomes the one kept. It must beat the base model, but a
     tie with an earlier epoch keeps the later one and restarts the patience: the validation is a
@@ -460,10 +405,6 @@ def _unique(train: Sequence[TrainingImage]) -> list[TrainingImage]:
     for img in train:
         seen.setdefault(img.id, img)
     return list(seen.values())
-
-
-def _embedding_dim(model: PooledEmbedder) -> int:
-    return int(model.trunk._bn1.num_features)  # type: ignore[union-attr]
 
 
 def _seed_everything(seed: int) -> None:
