@@ -17,6 +17,7 @@ from imagefinder.encoders.base import EncoderInfo, l2_normalise
 from imagefinder.errors import (
     EncoderMismatchError,
     InvalidFilterError,
+    SearchSpaceChangedError,
     StoreUnavailableError,
     StoreVersionError,
 )
@@ -318,6 +319,31 @@ def test_the_search_space_is_searched_through_kept_and_seen_by_other_clients(
     other.set_search_space(recalibrated)
     store.close()
     assert opener().search_space.copy_threshold == 0.7
+
+
+def test_a_change_computed_from_a_search_space_that_changed_meanwhile_is_refused(
+    store: Any, opener: Opener
+) -> None:
+    """Two processes: one recalibrates the space it read while the other refits it. Written with
+    the version it was computed from, the stale change is refused and nothing is written, so it
+    cannot put the old projection back."""
+    bound = store.search_space  # binding the encoder decided a raw space
+    first = bound.calibrated(0.6)
+    store.set_search_space(first, replacing=bound.version)
+    other = opener()
+    matrix = np.eye(4, dtype=np.float32)[:, :3]
+    refit = first.fitted((np.zeros(4, np.float32), matrix), 40, "test fit").calibrated(0.65)
+    other.set_search_space(refit, replacing=first.version)
+    with pytest.raises(SearchSpaceChangedError):
+        store.set_search_space(first.calibrated(0.7), replacing=first.version)
+    kept = opener().search_space
+    assert (kept.version, kept.projection_id) == (refit.version, refit.projection_id)
+    assert kept.copy_threshold == 0.65
+    # Computed from the space as it is now, the change is written; without `replacing`, always.
+    store.set_search_space(kept.calibrated(0.7), replacing=kept.version)
+    assert opener().search_space.copy_threshold == 0.7
+    other.set_search_space(SearchSpace().calibrated(0.5))
+    assert opener().search_space.projection is None
 
 
 def test_milvus_unreachable_is_a_clear_error() -> None:

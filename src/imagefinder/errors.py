@@ -40,6 +40,10 @@ class StoreError(ImageFinderError):
     """The vector store refused an operation (a server-side store such as Milvus)."""
 
 
+class SearchSpaceChangedError(StoreError):
+    """Another process changed the search space while this one computed a change to it."""
+
+
 class StoreUnavailableError(StoreError):
     """The vector store cannot be reached (a Milvus server down or unreachable); names the URI."""
 

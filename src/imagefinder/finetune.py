@@ -137,7 +137,7 @@ class FineTuner:
                 f"fine-tuning trains the default encoder (efficientnet-lite0) from its ImageNet "
                 f"weights; this index was built with {base.name} v{base.version}"
             )
-        if not getattr(self._tracker, "enabled", False):
+        if not self._tracker.enabled:
             raise FinetuneUnsupportedError(
                 "fine-tuning registers its result in MLflow: turn tracking on (IMAGEFINDER_TRACKING__ENABLED)"
             )

@@ -5,6 +5,7 @@ run and registered model version that built it).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import time
@@ -17,11 +18,17 @@ from PIL import Image
 
 from imagefinder.calibration import calibrate
 from imagefinder.encoders.base import Encoder, embed_images
-from imagefinder.errors import EncoderMismatchError, FetchError, ImageError, SourceError
-from imagefinder.search_space import SearchSpace
+from imagefinder.errors import (
+    EncoderMismatchError,
+    FetchError,
+    ImageError,
+    SearchSpaceChangedError,
+    SourceError,
+)
+from imagefinder.search_space import Projection, SearchSpace
 from imagefinder.stores.base import VectorStore
 from imagefinder.tracking import ModelRecord
-from imagefinder.view_gate import MIN_IMAGES, SAMPLE, encoder_key, fit_view_gate
+from imagefinder.view_gate import MIN_IMAGES, SAMPLE, ViewGate, encoder_key, fit_view_gate
 from imagefinder.whitening import DEFAULT_DIMS, DEFAULT_POWER, REGULARISATION, fit_whitening
 
 if TYPE_CHECKING:  # training.data imports the evaluation runner, which imports the service
@@ -36,6 +43,8 @@ FIT_SAMPLE = 50_000
 # The view gate's images: at most this many are tried to find SAMPLE readable ones, within this
 # many seconds (a collection of URLs whose hosts are down); and where a failed attempt is noted.
 GATE_TRIES = 2 * SAMPLE
+# Tries of a change to the search space that another process keeps changing meanwhile.
+SPACE_TRIES = 5
 GATE_READ_S = 120.0
 GATE_TRIED_KEY = "view_gate_tried"
 # What an index records about the model and the MLflow run that built it (see record_provenance).
@@ -62,26 +71,46 @@ class Maintenance:
         copy threshold in the whitened space, and the view gate when the space has none for this
         encoder, and make them the store's search space. After each index run; single API adds
         use the current fit."""
-        space = self.store.search_space
         n = self.store.count()
-        drifted = not (space.fitted_on / 1.25 <= n <= space.fitted_on * 1.25)
         # A changed setting (or way of fitting) refits a large collection too, not only drift.
         fitted_with = f"power={self._whitening} dims={self._search_dims} regularisation={REGULARISATION}"
         sample = self.store.vectors(limit=FIT_SAMPLE)
-        if force or n <= REFIT_ALWAYS_UP_TO or drifted or space.fitted_with != fitted_with:
-            space = space.fitted(fit_whitening(sample, self._whitening, self._search_dims), n, fitted_with)
-        space = self._calibrated(space, sample)
-        self.store.set_search_space(space)  # kept even if the gate's fit below fails
-        gated = self._with_view_gate(space, n, force)
-        if gated is not space:
-            self.store.set_search_space(gated)
+
+        @functools.cache  # learned once, however often another process makes the change start over
+        def projection() -> Projection | None:
+            return fit_whitening(sample, self._whitening, self._search_dims)
+
+        def refitted(space: SearchSpace) -> SearchSpace:
+            drifted = not (space.fitted_on / 1.25 <= n <= space.fitted_on * 1.25)
+            if force or n <= REFIT_ALWAYS_UP_TO or drifted or space.fitted_with != fitted_with:
+                space = space.fitted(projection(), n, fitted_with)
+            return self._calibrated(space, sample)
+
+        space = self._update(refitted)  # kept even if the gate's fit below fails
+        gate = self._new_view_gate(space, n, force)
+        if gate is not None:
+            self._update(lambda current: current.with_view_gate(gate))
 
     def calibrate(self) -> float:
         """Recompute the "is this a copy?" threshold from the collection (see `calibration`)."""
-        space = self.store.search_space
-        space = self._calibrated(space, self.store.vectors(limit=FIT_SAMPLE))
-        self.store.set_search_space(space)
-        return space.copy_threshold
+        sample = self.store.vectors(limit=FIT_SAMPLE)
+        return self._update(lambda space: self._calibrated(space, sample)).copy_threshold
+
+    def _update(self, change: Callable[[SearchSpace], SearchSpace]) -> SearchSpace:
+        """Write `change` of the store's search space. When another process changes the space
+        meanwhile (a refit during a calibration), `change` is made again on the space it wrote,
+        so neither undoes the other (a calibration would otherwise put back the old projection)."""
+        for _ in range(SPACE_TRIES):
+            space = self.store.search_space
+            changed = change(space)
+            try:
+                self.store.set_search_space(changed, replacing=space.version)
+            except SearchSpaceChangedError:
+                continue
+            return changed
+        raise SearchSpaceChangedError(
+            f"the search space changed {SPACE_TRIES} times while this change was computed: try again"
+        )
 
     def _calibrated(self, space: SearchSpace, sample: NDArray[np.float32]) -> SearchSpace:
         fit = None
@@ -93,8 +122,8 @@ class Maintenance:
         thresholds = calibrate(sample, space.project, fit)
         return space.calibrated(thresholds.copy, thresholds.duplicate)
 
-    def _with_view_gate(self, space: SearchSpace, count: int, force: bool = False) -> SearchSpace:
-        """`space` with a view gate for this encoder, fitted on up to `view_gate.SAMPLE` of the
+    def _new_view_gate(self, space: SearchSpace, count: int, force: bool = False) -> ViewGate | None:
+        """A view gate for this encoder when `space` needs one, fitted on up to `view_gate.SAMPLE` of the
         collection's images read again. Fitted again when forced, or when it was fitted on fewer
         than SAMPLE images and the collection has doubled since; not fitted without a reader, or
         when fewer than `view_gate.MIN_IMAGES` images can be read, and then not tried again until
@@ -102,19 +131,17 @@ class Maintenance:
         key = encoder_key(self.encoder.info)
         gate = space.gate_for(self.encoder.info)
         if self._reader is None or count < MIN_IMAGES:
-            return space
+            return None
         if gate is not None and not force and not (gate.fitted_on < SAMPLE and count >= 2 * gate.fitted_on):
-            return space
+            return None
         tried = json.loads(self.store.get_meta(GATE_TRIED_KEY) or "{}")
         if gate is None and not force and tried.get("encoder") == key and count < 2 * int(tried["count"]):
-            return space
+            return None
         images = self._gate_images()
         if len(images) < MIN_IMAGES:
             self.store.set_meta(GATE_TRIED_KEY, json.dumps({"encoder": key, "count": count}))
-            return space
-        return space.with_view_gate(
-            fit_view_gate(images, lambda views: embed_images(self.encoder, views), key)
-        )
+            return None
+        return fit_view_gate(images, lambda views: embed_images(self.encoder, views), key)
 
     def _gate_images(self) -> list[Image.Image]:
         """Up to SAMPLE of the collection's images, drawn with a fixed seed; images that can no

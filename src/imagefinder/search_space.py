@@ -37,6 +37,11 @@ RECORD_KEY = "search_space"
 MEAN_KEY, MATRIX_KEY = "projection_mean", "projection"
 
 
+def record_version(record: str) -> str:
+    """The version of a stored space's record ("" for none: a space never decided)."""
+    return str(json.loads(record)["version"]) if record else ""
+
+
 @dataclass(frozen=True, eq=False)
 class SearchSpace:
     projection: Projection | None = None

@@ -78,8 +78,11 @@ class VectorStore(Protocol):
         cheap to read on every query."""
         ...
 
-    def set_search_space(self, space: SearchSpace) -> None:
-        """Search through `space` from now on; kept with the index."""
+    def set_search_space(self, space: SearchSpace, replacing: str | None = None) -> None:
+        """Search through `space` from now on; kept with the index. With `replacing` (the
+        version `space` was computed from), only if the stored space still has that version:
+        otherwise nothing is written and SearchSpaceChangedError is raised, so a refit and a
+        calibration in two processes cannot undo each other."""
         ...
 
     def get(self, image_id: str) -> Payload | None: ...

@@ -19,7 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.encoders.base import EncoderInfo
-from imagefinder.search_space import RECORD_KEY, SearchSpace, projection_from
+from imagefinder.errors import SearchSpaceChangedError
+from imagefinder.search_space import RECORD_KEY, SearchSpace, projection_from, record_version
 from imagefinder.stores.base import (
     Filter,
     Hit,
@@ -92,6 +93,7 @@ class EmbeddedStore:
                     self._catalog.set_meta(key, value)
                 self._write_space(space)
             self._encoder = info
+            self._space = space
             self._catalog.dim = info.dim
             self._index.reset(space, info.dim)
 
@@ -101,12 +103,18 @@ class EmbeddedStore:
             self._catch_up()
             return self._space
 
-    def set_search_space(self, space: SearchSpace) -> None:
+    def set_search_space(self, space: SearchSpace, replacing: str | None = None) -> None:
         """Search through `space` from now on. A new projection re-projects every stored vector
         into a rebuilt index; a new threshold alone changes nothing else."""
         with self._lock:
             self._catch_up()
-            with self._catalog.transaction():
+            with self._catalog.transaction():  # holds the write lock: the check and the write are one
+                stored = record_version(self._catalog.get_meta(RECORD_KEY) or "")
+                if replacing is not None and stored != replacing:
+                    raise SearchSpaceChangedError(
+                        f"the search space of {self.path} changed meanwhile "
+                        f"({replacing or 'none'} -> {stored or 'none'})"
+                    )
                 self._write_space(space)
             rebuild = space.projection_id != self._space.projection_id
             self._space = space

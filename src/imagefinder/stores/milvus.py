@@ -39,8 +39,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from imagefinder.encoders.base import EncoderInfo
-from imagefinder.errors import StoreError
-from imagefinder.search_space import SearchSpace
+from imagefinder.errors import SearchSpaceChangedError, StoreError
+from imagefinder.search_space import SearchSpace, record_version
 from imagefinder.stores import milvus_query as query
 from imagefinder.stores.base import (
     Filter,
@@ -147,10 +147,17 @@ class MilvusStore:
             self._space_checked = now
         return self._space
 
-    def set_search_space(self, space: SearchSpace) -> None:
+    def set_search_space(self, space: SearchSpace, replacing: str | None = None) -> None:
         # The stored space as it is now, not this process's copy of up to a second ago: the
         # arrays of the projection being replaced are removed by name.
         current = self._meta.space_record()
+        # Milvus has no compare-and-set: a change written between this read and the write below
+        # (a few milliseconds) is still lost.
+        if replacing is not None and record_version(current) != replacing:
+            raise SearchSpaceChangedError(
+                f"the search space of {self.location} changed meanwhile "
+                f"({replacing or 'none'} -> {record_version(current) or 'none'})"
+            )
         record = self._meta.write_space(space, self._meta.read_space(current, self._space))
         self._space, self._space_record, self._space_checked = space, record, time.monotonic()
 
