@@ -20,7 +20,7 @@ only opened the store (RSS after open minus RSS before). Rows:
   2,000 stored rows, batched into requests against one request per row.
 
 usage: python bench/index.py [--sizes 25000,...,1000000] [--data tight,overlapping,real]
-                             [--out bench/results/index.json]
+                             [--out bench/results/index.json] [--merge]
 """
 
 from __future__ import annotations
@@ -374,6 +374,11 @@ def main() -> None:
     parser.add_argument(
         "--update-milvus", action="store_true", help="Only the Milvus rows, replacing those in --out"
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="Keep the rows of --out that this run does not measure (other data sets or sizes)",
+    )
     parser.add_argument("--child")
     parser.add_argument("--path", type=Path)
     args = parser.parse_args()
@@ -433,7 +438,26 @@ def main() -> None:
                 flush=True,
             )
     if args.out:
+        if args.merge and args.out.exists():
+            rows = merged(json.loads(args.out.read_text()), rows)
         args.out.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def merged(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`old` with the rows measured again replaced in place (same store, data set and N), and
+    the rows it did not have put after the last old row of their store and data set."""
+
+    def key(row: dict[str, Any]) -> tuple[str, str, int]:
+        return row["store"], row["data"], row["n"]
+
+    fresh = {key(row): row for row in new}
+    out = [fresh.pop(key(row), row) for row in old]
+    for row in new:
+        if key(row) not in fresh:
+            continue
+        same = [i for i, kept in enumerate(out) if kept["data"] == row["data"] and kept["store"] != "milvus"]
+        out.insert(same[-1] + 1 if same and row["store"] != "milvus" else len(out), row)
+    return out
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -314,11 +315,71 @@ def finetune() -> list[str]:
     return lines
 
 
+def _size(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k"
+
+
+def _bytes(value: float) -> str:
+    return f"{value / 1024:.1f} KB" if value >= 1024 else f"{value:.0f} B"
+
+
+def index_scaling() -> list[str]:
+    """Every row of `make bench-index`; the exact scan at 100k and at each data set's largest N."""
+    rows = _load("index.json")
+    assert rows is not None
+    largest: dict[str, int] = {}
+    for row in rows:
+        largest[row["data"]] = max(largest.get(row["data"], 0), row["n"])
+    lines = [
+        "| store | data | N | build | memory/vector | p50 | p99 | recall@10 | reopen | filtered p50 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        data = row["data"].split(":")[0]
+        if row["store"] == "exact-numpy":
+            if row["n"] not in (100_000, largest[row["data"]]):
+                continue
+            lines.append(
+                f"| exact numpy scan | {data} | {_size(row['n'])} | – | {_bytes(row['bytes_per_vector'])} "
+                f"| {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {row['recall_at_10']:.3f} | – | – |"
+            )
+            continue
+        store = "embedded (IVF-SQ8)"
+        memory = _bytes(row["bytes_per_vector"])
+        if row["store"] == "milvus":
+            version, links = re.search(r"Milvus (\S+) .*HNSW M=(\d+)", row["index"]).groups()  # type: ignore[union-attr]
+            store = f"Milvus {version} (HNSW M={links})"
+            memory += " (server)"
+        lines.append(
+            f"| {store} | {data} | {_size(row['n'])} | {row['build_s']:.1f} s | {memory} "
+            f"| {row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {row['recall_at_10']:.3f} "
+            f"| {row['reopen_s']} s | {row['filtered_p50_ms']:.1f} ms |"
+        )
+    return lines
+
+
+def index_summary() -> list[str]:
+    """The README's table: recall@10 and p50 of the embedded store at each N and data set."""
+    rows = [row for row in _load("index.json") or [] if row["store"] == "embedded"]
+    sizes = sorted({row["n"] for row in rows})
+    lines = [
+        "| `make bench-index`, 256-d, recall@10 · p50 | " + " | ".join(_size(n) for n in sizes) + " |",
+        "| --- |" + " --- |" * len(sizes),
+    ]
+    for data in dict.fromkeys(row["data"] for row in rows):
+        mine = [row for row in rows if row["data"] == data]
+        cells = {row["n"]: f"{row['recall_at_10']:.3f} · {row['p50_ms']:.1f} ms" for row in mine}
+        lines.append(f"| {data.split(':')[0]} | " + " | ".join(cells.get(n, "–") for n in sizes) + " |")
+    return lines
+
+
 # Tables inside written pages: (page, name) -> the table's lines.
 REGIONS: dict[tuple[str, str], Callable[[], list[str]]] = {
     ("duplicates.md", "duplicates-quality"): duplicates_quality,
     ("duplicates.md", "duplicates-calibration"): duplicates_calibration,
     ("models.md", "finetune"): finetune,
+    ("scaling.md", "index"): index_scaling,
+    ("../README.md", "index"): index_summary,
 }
 
 
