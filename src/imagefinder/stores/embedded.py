@@ -109,7 +109,7 @@ class EmbeddedStore:
         with self._lock:
             self._catch_up()
             with self._catalog.transaction():  # holds the write lock: the check and the write are one
-                stored = record_version(self._catalog.get_meta(RECORD_KEY) or "")
+                stored = _stored_version(self._catalog.meta())
                 if replacing is not None and stored != replacing:
                     raise SearchSpaceChangedError(
                         f"the search space of {self.path} changed meanwhile "
@@ -374,6 +374,11 @@ class EmbeddedStore:
         self._catalog.set_meta(RECORD_KEY, record)
         self._catalog.set_arrays(space.arrays())
         self._space_record = record
+
+
+def _stored_version(meta: dict[str, str]) -> str:
+    """The version of the stored space, as `_space_from` reads it."""
+    return record_version(meta[RECORD_KEY]) if RECORD_KEY in meta else meta.get("generation", "")
 
 
 def _space_from(meta: dict[str, str], arrays: dict[str, bytes]) -> SearchSpace:

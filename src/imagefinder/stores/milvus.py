@@ -150,10 +150,14 @@ class MilvusStore:
     def set_search_space(self, space: SearchSpace, replacing: str | None = None) -> None:
         # The stored space as it is now, not this process's copy of up to a second ago: the
         # arrays of the projection being replaced are removed by name.
-        current = self._meta.space_record()
-        # Milvus has no compare-and-set: a change written between this read and the write below
-        # (a few milliseconds) is still lost.
+        # Strong: another process's last write too, not only this session's. Milvus has no
+        # compare-and-set: a change written between this read and the write below is still lost.
+        current = self._meta.space_record("Strong")
         if replacing is not None and record_version(current) != replacing:
+            # The next read starts from the stored space, not this process's copy of up to a
+            # second ago, so a change made again is made on it.
+            self._space, self._space_record = self._meta.read_space(current, self._space), current
+            self._space_checked = time.monotonic()
             raise SearchSpaceChangedError(
                 f"the search space of {self.location} changed meanwhile "
                 f"({replacing or 'none'} -> {record_version(current) or 'none'})"

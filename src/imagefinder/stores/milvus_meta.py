@@ -104,8 +104,8 @@ class MilvusMeta:
     def put_encoder(self, info: EncoderInfo) -> None:
         self._put_rows(encoder_record(info))
 
-    def space_record(self) -> str:
-        return self.get(RECORD_KEY) or ""
+    def space_record(self, consistency: str | None = None) -> str:
+        return self.get(RECORD_KEY, consistency) or ""
 
     def read_space(self, record: str, cached: SearchSpace) -> SearchSpace:
         """The space of `record` (reusing `cached`'s arrays when it has the same projection)."""

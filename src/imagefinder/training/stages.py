@@ -50,7 +50,7 @@ def frozen_stages(trunk: nn.Module, train_from: int, pixels: torch.Tensor) -> to
 
 def unfreeze_last_stages(model: PooledEmbedder, train_from: int) -> list[torch.nn.Parameter]:
     """Freeze everything, then let the blocks from `train_from` and the head learn. Batch norm
-    stays in eval mode (its statistics fixed) throughout: see the module's docstring."""
+    stays in eval mode (its statistics fixed) throughout: see `trainer`'s docstring."""
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
