@@ -157,10 +157,11 @@ def extend(base: int, n: int) -> Path:
         head = Embedder().embedded(range(FIT_ROWS), random.Random(1))
         np.save(PARTS / "head.tmp.npy", head)
         (PARTS / "head.tmp.npy").replace(head_path)
-    projection = fitted(np.load(head_path))
+    head = np.load(head_path)
+    projection = fitted(head)
     with np.load(cache_path(base)) as data:
         vectors, queries = data["vectors"], data["queries"]
-        gap = float(np.abs(whitened(np.load(head_path)[:2000], projection) - vectors[:2000]).max())
+        gap = float(np.abs(whitened(head[:2000], projection) - vectors[:2000]).max())
         if gap > 1e-3:
             sys.exit(f"the re-embedded rows differ from the cache (max {gap:.2g}): build afresh")
         missing = [

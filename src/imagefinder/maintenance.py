@@ -43,10 +43,10 @@ FIT_SAMPLE = 50_000
 # The view gate's images: at most this many are tried to find SAMPLE readable ones, within this
 # many seconds (a collection of URLs whose hosts are down); and where a failed attempt is noted.
 GATE_TRIES = 2 * SAMPLE
-# Tries of a change to the search space that another process keeps changing meanwhile.
-SPACE_TRIES = 5
 GATE_READ_S = 120.0
 GATE_TRIED_KEY = "view_gate_tried"
+# Tries of a change to the search space that another process keeps changing meanwhile.
+SPACE_TRIES = 5
 # What an index records about the model and the MLflow run that built it (see record_provenance).
 PROVENANCE_KEYS = ("model_uri", "model_registry_version", "model_sha256", "index_run_id")
 

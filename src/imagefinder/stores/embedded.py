@@ -387,7 +387,7 @@ def _space_from(meta: dict[str, str], arrays: dict[str, bytes]) -> SearchSpace:
     if RECORD_KEY in meta:
         return SearchSpace.from_record(meta[RECORD_KEY], projection_from(arrays))
     projection = projection_from(arrays)
-    legacy = meta.get("generation", "")
+    legacy = _stored_version(meta)
     threshold = meta.get(_USER + "copy_threshold")
     return SearchSpace(
         projection,
