@@ -381,4 +381,8 @@ def test_the_view_gate_is_kept_with_the_search_space_and_outlives_a_refit(store:
     matrix = np.eye(4, dtype=np.float32)[:, :3]
     refitted = kept.fitted((np.zeros(4, np.float32), matrix), 40, "test fit").calibrated(0.7)
     assert refitted.view_gate is kept.view_gate
-    assert refitted.describe()["view_gate"] == {"fitted_on": 37, "threshold": 0.9}
+    assert refitted.describe()["view_gate"] == {
+        "fitted_on": 37,
+        "threshold": 0.9,
+        "held_out_plain_share": None,
+    }

@@ -22,7 +22,16 @@ from imagefinder.sources import FolderSource
 from imagefinder.stores.embedded import EmbeddedStore
 from imagefinder.training.augment import composite_view, plain_view, work_image
 from imagefinder.training.data import ImageReader
-from imagefinder.view_gate import MIN_IMAGES, THRESHOLD, ViewGate, encoder_key, logistic_regression
+from imagefinder.view_gate import (
+    MIN_IMAGES,
+    OFF,
+    PLAIN_SHARE,
+    ViewGate,
+    budget_threshold,
+    encoder_key,
+    fit_view_gate,
+    logistic_regression,
+)
 from imagefinder.wiring import compose_service, service_for
 from tests.factories import FakeEncoder, encode, gradient
 
@@ -62,6 +71,43 @@ def test_a_space_recorded_before_gates_has_none() -> None:
     record = json.loads(SearchSpace().calibrated(0.6).record())
     del record["view_gate"]
     assert SearchSpace.from_record(json.dumps(record), None).view_gate is None
+
+
+# -- its threshold: what the second pass may cost ---------------------------------------------
+
+
+def test_the_threshold_lets_at_most_the_budgeted_share_of_plain_photos_through() -> None:
+    plain = np.linspace(0.0, 0.99, 28)  # 28 photos: 2 may reach it
+    threshold, share = budget_threshold(plain)
+    assert plain[-3] < threshold <= plain[-2] and share == 2 / 28
+    # Ties stay on the same side: three photos at 0.99 cannot be split, so none of them reach it.
+    tied = np.r_[np.linspace(0.0, 0.5, 25), [0.99, 0.99, 0.99]]
+    threshold, share = budget_threshold(tied)
+    assert 0.99 < threshold <= 1.0 and share == 0.0
+    assert budget_threshold(tied, share=3 / 28) == (pytest.approx(0.5, abs=1e-9), 3 / 28)
+
+
+def test_a_gate_certain_about_too_many_plain_photos_is_switched_off() -> None:
+    certain = np.r_[np.linspace(0.0, 0.5, 24), [1.0, 1.0, 1.0, 1.0]]
+    assert budget_threshold(certain) == (OFF, 4 / 28)
+    gate = ViewGate(np.ones(4, np.float32), 100.0, OFF, 28, "fake:1:4", 4 / 28)
+    assert gate.is_off and not gate.wants_views(np.ones(4, np.float32))
+    assert gate.describe() == {"fitted_on": 28, "threshold": None, "held_out_plain_share": round(4 / 28, 4)}
+
+
+def test_a_gate_over_vectors_that_carry_nothing_keeps_the_second_pass_within_budget() -> None:
+    # An encoder whose vectors say nothing about the picture (random weights): the regression
+    # learns noise, and its threshold, set on held-out photos, still lets few plain photos through.
+    rng = np.random.default_rng(0)
+    images = [work_image(gradient(seed)) for seed in range(40)]
+    # (At the fixed threshold of 0.8 it used to have, 18 % of fresh vectors took the second pass.)
+    gate = fit_view_gate(
+        images, lambda views: rng.normal(size=(len(views), 256)).astype(np.float32), "fake:1:256"
+    )
+    assert gate.plain_share is not None and gate.plain_share <= PLAIN_SHARE
+    fresh = rng.normal(size=(2000, 256)).astype(np.float32)
+    reached = np.mean([gate.wants_views(v) for v in fresh])
+    assert reached <= 1.5 * PLAIN_SHARE, reached  # a held-out estimate from 40 photos: rough, not wild
 
 
 def test_composite_views_are_the_three_kinds_and_plain_views_stay_plain() -> None:
@@ -235,7 +281,13 @@ def test_indexing_fits_a_gate_for_the_encoder_on_the_collection(
     info = service.encoder.info
     gate = service.store.search_space.gate_for(info)
     assert gate is not None and gate.fitted_on == service.count() == 32
-    assert service.store.search_space.describe()["view_gate"] == {"fitted_on": 32, "threshold": THRESHOLD}
+    # Its threshold keeps held-out plain photos under the budget: with 32, at most 2 of them.
+    assert gate.threshold <= 1.0 and gate.plain_share is not None and gate.plain_share <= 2 / 32
+    assert service.store.search_space.describe()["view_gate"] == {
+        "fitted_on": 32,
+        "threshold": round(gate.threshold, 4),
+        "held_out_plain_share": round(gate.plain_share, 4),
+    }
     # A later index run keeps it: it is fitted once per encoder, not on every refit.
     service.maintenance.refit()
     assert service.store.search_space.view_gate is not None

@@ -122,9 +122,7 @@ class SearchSpace:
             "duplicate_threshold": self.in_collection_threshold,
             "fitted_on": self.fitted_on,
             "fitted_with": self.fitted_with,
-            "view_gate": None
-            if self.view_gate is None
-            else {"fitted_on": self.view_gate.fitted_on, "threshold": self.view_gate.threshold},
+            "view_gate": None if self.view_gate is None else self.view_gate.describe(),
         }
 
     # -- persistence: a text record and two arrays, which every store can keep --------------

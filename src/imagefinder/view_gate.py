@@ -14,12 +14,19 @@ negatives are the images themselves and milder edits (crops, mirror, colour, sma
 text, low resolution, JPEG). So it is learned for the encoder and the kind of pictures it serves,
 as the whitening is, with ImageFinder's own edits (`imagefinder.training.augment`), never with a
 benchmark's. The second pass runs when the first finds no copy *and* the gate's probability is
-at least `THRESHOLD`; an index without a gate (fewer images than `MIN_IMAGES` could be read, a
+at least its threshold (below); an index without a gate (fewer images than `MIN_IMAGES` could be read, a
 collection imported from Parquet) runs it whenever no copy is found, as before.
 
-The threshold is high on purpose: the second pass rescues the pictures that look strongly
-framed, pasted or turned, and those score high; a plain photo that merely resembles nothing in
-the collection scores low. `make bench-second-pass` measures what the gate keeps and saves.
+The threshold is set by what the second pass may cost, not picked by hand. Its 7 extra views cost
+up to 7 more passes of a heavy encoder (a ViT gains little from batching them), and a query whose
+copy is not in the index should cost at most 1.5 times a single pass on average: so at most
+PLAIN_SHARE (1/14) of plain photos may take the second pass. The fit estimates that share on the
+collection's own photos, each scored by a gate fitted without it (FOLDS-fold, by image), and takes
+the lowest threshold that keeps it. A gate whose held-out plain photos cannot be kept under the
+share at any threshold (an encoder whose vectors do not tell a pasted picture from a plain one,
+such as a model with random weights) is kept switched off: `adaptive` then runs no second pass
+for that encoder, and `thorough` still does. `make bench-second-pass` measures what the gate keeps
+and saves.
 """
 
 from __future__ import annotations
@@ -37,7 +44,11 @@ from PIL import Image
 from imagefinder.encoders.base import EncoderInfo
 from imagefinder.training.augment import composite_view, plain_view
 
-THRESHOLD = 0.8
+# At most this share of plain photos takes the second pass: 1 + 7 * share <= 1.5 (see above).
+PLAIN_SHARE = 1 / 14
+FOLDS = 5
+# The threshold of a gate kept switched off: probabilities never reach it.
+OFF = 2.0
 # Images the gate is fitted on (each gives three composite and three plain views), and the fewest
 # it is fitted on at all.
 SAMPLE = 200
@@ -57,13 +68,27 @@ class ViewGate:
     threshold: float
     fitted_on: int  # images its views were made from
     encoder: str  # `encoder_key` of the encoder whose vectors it reads
+    # Share of held-out plain photos at or above `threshold`; None for a gate fitted before it was measured.
+    plain_share: float | None = None
+
+    @property
+    def is_off(self) -> bool:
+        return self.threshold > 1.0
 
     def probability(self, vector: NDArray[np.float32]) -> float:
         logit = float(np.dot(np.asarray(vector, dtype=np.float32), self.weights)) + self.bias
-        return float(1.0 / (1.0 + np.exp(-np.clip(logit, -60.0, 60.0))))
+        return float(_sigmoid(np.float64(logit)))
 
     def wants_views(self, vector: NDArray[np.float32]) -> bool:
         return self.probability(vector) >= self.threshold
+
+    def describe(self) -> dict[str, Any]:
+        """What `imagefinder info` and /health show: a gate switched off has no threshold."""
+        return {
+            "fitted_on": self.fitted_on,
+            "threshold": None if self.is_off else round(self.threshold, 4),
+            "held_out_plain_share": None if self.plain_share is None else round(self.plain_share, 4),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         weights = np.asarray(self.weights, dtype="<f4").tobytes()
@@ -73,6 +98,7 @@ class ViewGate:
             "threshold": self.threshold,
             "fitted_on": self.fitted_on,
             "encoder": self.encoder,
+            "plain_share": self.plain_share,
         }
 
     @classmethod
@@ -84,6 +110,7 @@ class ViewGate:
             float(fields["threshold"]),
             int(fields["fitted_on"]),
             str(fields["encoder"]),
+            None if fields.get("plain_share") is None else float(fields["plain_share"]),
         )
 
 
@@ -93,15 +120,29 @@ def encoder_key(info: EncoderInfo) -> str:
 
 
 def fit_view_gate(images: Sequence[Image.Image], embed: Embed, encoder: str, seed: int = 0) -> ViewGate:
-    """A gate for `embed`'s vectors from views of `images` (RGB, working size: `augment.work_image`)."""
-    views, labels = gate_views(images, seed)
+    """A gate for `embed`'s vectors from views of `images` (RGB, working size: `augment.work_image`),
+    its threshold set by `PLAIN_SHARE` on held-out plain photos."""
+    views = gate_views(images, seed)
     # In batches: a large model given hundreds of images in one call can run out of memory.
-    vectors = np.concatenate([embed(views[i : i + EMBED_BATCH]) for i in range(0, len(views), EMBED_BATCH)])
-    weights, bias = logistic_regression(vectors, labels)
-    return ViewGate(weights, bias, THRESHOLD, len(images), encoder)
+    pictures = views.images
+    vectors = np.concatenate(
+        [embed(pictures[i : i + EMBED_BATCH]) for i in range(0, len(pictures), EMBED_BATCH)]
+    )
+    held_out = held_out_probabilities(vectors, views, seed)
+    threshold, share = budget_threshold(held_out[views.unedited])
+    weights, bias = logistic_regression(vectors, views.labels)
+    return ViewGate(weights, bias, threshold, len(images), encoder, share)
 
 
-def gate_views(images: Sequence[Image.Image], seed: int = 0) -> tuple[list[Image.Image], NDArray[np.float32]]:
+@dataclass(frozen=True)
+class GateViews:
+    images: list[Image.Image]
+    labels: NDArray[np.float32]  # 1: composite, 0: plain
+    source: NDArray[np.int64]  # which of the fitted images each view was made from
+    unedited: NDArray[np.bool_]  # the fitted image itself: a plain photo as a query would be
+
+
+def gate_views(images: Sequence[Image.Image], seed: int = 0) -> GateViews:
     """What a gate learns from: three composite views of each image (label 1: pasted into another
     image or a background, framed as a screenshot, turned) and three plain ones (label 0: the
     image itself and two milder edits)."""
@@ -112,8 +153,44 @@ def gate_views(images: Sequence[Image.Image], seed: int = 0) -> tuple[list[Image
         others = [*images[:n], *images[n + 1 :]]
         composite.extend(composite_view(image, rng, others, kind) for kind in ("paste", "screenshot", "turn"))
         plain.extend([image, plain_view(image, rng), plain_view(image, rng)])
-    labels = np.concatenate([np.ones(len(composite)), np.zeros(len(plain))]).astype(np.float32)
-    return [*composite, *plain], labels
+    count = len(images)
+    labels = np.concatenate([np.ones(3 * count), np.zeros(3 * count)]).astype(np.float32)
+    source = np.tile(np.repeat(np.arange(count), 3), 2)
+    unedited = np.concatenate([np.zeros(3 * count, bool), np.tile([True, False, False], count)])
+    return GateViews([*composite, *plain], labels, source, unedited)
+
+
+def held_out_probabilities(
+    vectors: NDArray[np.float32], views: GateViews, seed: int = 0
+) -> NDArray[np.float64]:
+    """Each view's probability under a gate fitted without any view of its image (FOLDS folds)."""
+    count = int(views.source.max()) + 1
+    fold_of_image = np.random.default_rng(seed).permutation(count) % FOLDS
+    fold = fold_of_image[views.source]
+    out = np.zeros(len(vectors))
+    for k in range(FOLDS):
+        held = fold == k
+        if not held.any():
+            continue
+        weights, bias = logistic_regression(vectors[~held], views.labels[~held])
+        out[held] = _sigmoid(vectors[held].astype(np.float64) @ weights + bias)
+    return out
+
+
+def budget_threshold(plain: NDArray[np.float64], share: float = PLAIN_SHARE) -> tuple[float, float]:
+    """(the lowest threshold that at most `share` of `plain` reach, the share that does); (OFF, the
+    share at probability 1) when more than `share` of them are certain."""
+    ordered = np.sort(np.asarray(plain, dtype=np.float64))[::-1]
+    allowed = int(np.floor(share * len(ordered)))  # how many plain photos may reach it
+    # Just above the first probability that must stay below it, so ties stay below together.
+    threshold = float(np.nextafter(ordered[allowed], np.inf))
+    if threshold > 1.0:
+        return OFF, float((ordered >= 1.0).mean())
+    return threshold, float((ordered >= threshold).mean())
+
+
+def _sigmoid(logit: NDArray[np.float64]) -> NDArray[np.float64]:
+    return 1.0 / (1.0 + np.exp(-np.clip(logit, -60.0, 60.0)))
 
 
 def logistic_regression(
