@@ -46,10 +46,7 @@ def id_pattern() -> str:
     refused = [
         code
         for code in range(0x110000)
-        if code < 32
-        or code == 127
-        or code == 0xFFFD
-        or unicodedata.category(chr(code)) == "Cf"
+        if code < 32 or code == 127 or code == 0xFFFD or unicodedata.category(chr(code)) == "Cf"
     ]
     ranges = []  # runs of consecutive code points as first-last: a shorter pattern
     for code in refused:

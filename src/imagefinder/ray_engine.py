@@ -218,7 +218,6 @@ class RayPreparation:
             for actor in actors:
                 ray.kill(actor)
 
-
     def _wait_until_ready(self, actors: list[Any]) -> None:
         """Every actor built its encoder, or a clear error: one that cannot be placed (no free GPU,
         a busy cluster) or whose node cannot build the encoder stops the run here."""
@@ -234,7 +233,6 @@ class RayPreparation:
             ) from None
         except ray.exceptions.RayError as exc:
             raise EngineError(f"an encoder actor failed to start: {_cause(exc)}") from None
-
 
 
 def _get(ref: Any) -> Any:

@@ -118,7 +118,6 @@ class ExactIndex:
             list(zip(keys[row].tolist(), scores[q, row].tolist(), strict=True)) for q, row in enumerate(top)
         ]
 
-
     def _searched(self, allowed: Keys | None) -> tuple[NDArray[np.float32], Keys]:
         """The rows a search scans: all of them, or those whose key is in `allowed`."""
         n = len(self._rows)
@@ -127,6 +126,7 @@ class ExactIndex:
             mask = np.isin(keys, allowed)
             matrix, keys = matrix[mask], keys[mask]
         return matrix, keys
+
 
 def nlist_for(n: int) -> int:
     """Inverted lists for n vectors: the power of two nearest 4 * sqrt(n), the usual rule of
