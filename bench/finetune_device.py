@@ -131,7 +131,6 @@ def main() -> None:
         "bench/duplicates.py's image set)",
     )
     parser.add_argument("--epochs", type=int, default=FinetuneOptions().epochs)
-    parser.add_argument("--gate-weight", type=float, default=FinetuneOptions().gate_weight)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "finetune_device.json")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "work" / "finetune_device")
     parser.add_argument("--keep", type=Path, help="Copy each run's exported ONNX file here.")
@@ -156,7 +155,7 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "runs": {},
     }
-    common = FinetuneOptions(epochs=args.epochs, device=device, gate_weight=args.gate_weight)
+    common = FinetuneOptions(epochs=args.epochs, device=device)
     labels_csv = args.benchmarks / "same_class" / "labels.csv"
     for name in args.runs.split(","):
         near_duplicate = args.benchmarks / "near_duplicate"

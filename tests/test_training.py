@@ -156,46 +156,6 @@ def test_edited_views_do_not_depend_on_the_threads_that_make_them(photos: Path) 
     assert not np.array_equal(alone.pixels[0], alone.pixels[1])  # two different views of one image
 
 
-def test_gate_term_rewards_a_probe_that_tells_composite_views_from_plain_ones() -> None:
-    composite = torch.tensor([1.0, 0.0, 1.0, 0.0])
-    right = torch.tensor([4.0, -4.0, 4.0, -4.0])
-    assert losses.gate_term(right, composite) < losses.gate_term(torch.zeros(4), composite)
-    assert losses.gate_term(-right, composite) > losses.gate_term(torch.zeros(4), composite)
-
-
-def test_gate_views_are_a_composite_and_a_plain_view_of_the_batch_s_first_images(photos: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    images = [work_image(Image.open(photos / name)) for name in ("chelsea.png", "coffee.png", "rocket.jpg")]
-    batch = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
-    trainer = Trainer(
-        PooledEmbedder(load_pretrained_lite0(lite0_weights_path())), TrainSettings(gate_images=2)
-    )
-    pixels, labels = trainer._gate_views(batch, random.Random(5), images)
-    with ThreadPoolExecutor(3) as pool:
-        threaded, threaded_labels = trainer._gate_views(batch, random.Random(5), images, pool=pool)
-    assert pixels.shape == (4, 3, 224, 224)
-    assert labels.tolist() == threaded_labels.tolist() == [1.0, 0.0, 1.0, 0.0]
-    assert np.array_equal(pixels, threaded)
-
-
-def test_training_with_the_gate_term_trains_its_probe_and_reduces_the_loss(few_dozen_photos: Path) -> None:
-    images = load_images(few_dozen_photos)
-    model = PooledEmbedder(load_pretrained_lite0(lite0_weights_path()))
-    settings = TrainSettings(
-        epochs=2, batch_size=16, min_images_per_epoch=48, train_from=14, seed=0, gate_weight=1.0
-    )
-    trainer = Trainer(model, settings)
-    probe_before = trainer._gate_head.weight.detach().clone()
-    loss_before = fixed_batch_loss(trainer, images)
-    validation = CopyValidation(images, images, list(range(len(images))), views_per_image=1, seed=0)
-    train = [TrainingImage(f"photo{i}", image) for i, image in enumerate(images)]
-    result = trainer.fit(train, validation, self_supervised=True, supervised=False)
-    assert len(result.history) == 2
-    assert not torch.equal(trainer._gate_head.weight.detach(), probe_before)
-    assert fixed_batch_loss(trainer, images) < loss_before
-
-
 def test_self_supervised_training_reduces_the_loss_and_beats_the_base(few_dozen_photos: Path) -> None:
     images = load_images(few_dozen_photos)
     assert len(images) == 37

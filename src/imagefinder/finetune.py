@@ -61,7 +61,6 @@ class FinetuneOptions:
     train_from: int = 10
     min_images_per_epoch: int = 512
     collection_weight: float = 1.0
-    gate_weight: float = 0.0
 
     @property
     def supervised(self) -> bool:

@@ -81,8 +81,3 @@ def proxy_softmax(
     """Normalised-softmax classification against one L2-normalised proxy per label."""
     logits = embeddings @ F.normalize(proxies, dim=1).T / temperature
     return F.cross_entropy(logits, labels)
-
-
-def gate_term(logits: torch.Tensor, composite: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of a linear probe telling composite views (1) from plain ones (0)."""
-    return F.binary_cross_entropy_with_logits(logits, composite)

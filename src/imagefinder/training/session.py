@@ -56,7 +56,6 @@ def train_and_export(
         train_from=options.train_from,
         min_images_per_epoch=options.min_images_per_epoch,
         collection_weight=options.collection_weight,
-        gate_weight=options.gate_weight,
     )
     train_positions, validation, held = _validation(
         data,

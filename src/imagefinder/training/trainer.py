@@ -33,7 +33,7 @@ from PIL import Image
 from imagefinder.encoders.efficientnet_lite import PooledEmbedder
 from imagefinder.encoders.preprocess import resize_crop_normalise
 from imagefinder.training import losses
-from imagefinder.training.augment import RealWorldEdits, composite_view, plain_view
+from imagefinder.training.augment import RealWorldEdits
 from imagefinder.training.stages import TrainedStages, embedding_dim, unfreeze_last_stages
 from imagefinder.training.validation import Embed, Validation
 
@@ -50,10 +50,6 @@ class TrainSettings:
     koleo_weight: float = 0.1
     # Weight of `losses.collection_contrast` in self-supervised training (0: batch negatives only).
     collection_weight: float = 1.0
-    # Weight of `losses.gate_term` in self-supervised training (0: none), and how many images of
-    # each batch give it one composite and one plain view.
-    gate_weight: float = 0.0
-    gate_images: int = 8
     supervised_loss: SupervisedLoss = "supcon"
     # Index of the first trained block of the trunk's 16 (the rest stay as ImageNet made them).
     train_from: int = 10
@@ -157,8 +153,6 @@ class Trainer:
         self.suffix = TrainedStages(model, settings.train_from)
         self._trainable = unfreeze_last_stages(model, settings.train_from)
         self._prefix = prefix
-        # A linear probe that the gate term trains beside the trunk; not exported.
-        self._gate_head = torch.nn.Linear(embedding_dim(model), 1)
         # id(image) -> (image, its vector) under the current weights; emptied by each step.
         self._kept: dict[int, tuple[Image.Image, NDArray[np.float32]]] = {}
 
@@ -185,9 +179,6 @@ class Trainer:
                 torch.randn(n_labels, embedding_dim(model), device=self.device) * 0.01
             )
             trainable.append(proxies)
-        if self_supervised and s.gate_weight > 0:
-            self._gate_head.to(self.device)
-            trainable.extend(self._gate_head.parameters())
         optimiser = torch.optim.AdamW(trainable, lr=s.learning_rate, weight_decay=s.weight_decay)
         per_epoch = max(len(train), s.min_images_per_epoch)
         steps_per_epoch = max(1, math.ceil(per_epoch / s.batch_size))
@@ -261,15 +252,7 @@ class Trainer:
             if len(batch) < 2:
                 continue  # a lone image has no negatives
             views = self._views(batch, rng, others, two=objective.self_supervised, pool=pool)
-            if objective.self_supervised and s.gate_weight > 0:
-                gate_pixels, gate_labels = self._gate_views(batch, rng, others, pool)
-                embeddings = self._forward(np.concatenate([views.pixels, gate_pixels]))
-                n = len(views.pixels)
-                loss = self._loss(embeddings[:n], views, objective)
-                logits = self._gate_head(embeddings[n:]).squeeze(1)
-                loss = loss + s.gate_weight * losses.gate_term(logits, gate_labels.to(self.device))
-            else:
-                loss = self._loss(self._forward(views.pixels), views, objective)
+            loss = self._loss(self._forward(views.pixels), views, objective)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -323,33 +306,6 @@ class Trainer:
 
         pixels = list(pool.map(view, jobs)) if pool is not None else [view(job) for job in jobs]
         return Views(np.stack(pixels), torch.tensor(instance), torch.tensor(labels), ids)
-
-    def _gate_views(
-        self,
-        batch: Sequence[TrainingImage],
-        rng: random.Random,
-        others: Sequence[Image.Image],
-        pool: Executor | None = None,
-    ) -> tuple[NDArray[np.float32], torch.Tensor]:
-        """One composite view (pasted, framed or turned, as the view gate's) and one plain view
-        of each of the batch's first `gate_images` images, preprocessed; labels 1 and 0."""
-        jobs = []
-        for item in batch[: self.settings.gate_images]:
-            kind = rng.choice(("paste", "screenshot", "turn"))
-            jobs.append((item.image, rng.getrandbits(64), kind))
-            jobs.append((item.image, rng.getrandbits(64), None))
-
-        def view(job: tuple[Image.Image, int, str | None]) -> NDArray[np.float32]:
-            image, seed, kind = job
-            view_rng = random.Random(seed)
-            edited = (
-                plain_view(image, view_rng) if kind is None else composite_view(image, view_rng, others, kind)
-            )
-            return self._pixels(edited)
-
-        pixels = list(pool.map(view, jobs)) if pool is not None else [view(job) for job in jobs]
-        labels = torch.tensor([0.0 if kind is None else 1.0 for _, _, kind in jobs])
-        return np.stack(pixels), labels
 
     def _loss(
         self,
