@@ -156,13 +156,17 @@ bench-second-pass: install
 # Why the second pass gains less after self-supervised fine-tuning: per query, settled or not, the
 # gate's probability, right at 1 with and without the extra views, for the base model and one
 # trained here (about 50 min); whether the frozen early blocks would feed a better gate; and
-# gates fitted on five draws of photos, on the vector, on straight edges and flat borders, and both.
+# gates fitted on five draws of photos, on the vector, on straight edges and flat borders, and both;
+# cheaper second passes (fewer views, regions chosen from the first pass's feature map) and larger
+# gate budgets, for both models.
 bench-second-pass-finetuned: install
 	$(BIN)/python bench/finetune_device.py --runs self-supervised --device cpu --keep bench/work/second_pass_finetuned --out bench/work/second_pass_finetuned/training.json
 	$(BIN)/python bench/second_pass_queries.py --model base --out bench/results/second_pass_queries_base.json
 	$(BIN)/python bench/second_pass_queries.py --model bench/work/second_pass_finetuned/self-supervised.onnx --out bench/results/second_pass_queries_finetuned.json
 	$(BIN)/python bench/gate_features.py --out bench/results/gate_features.json
 	$(BIN)/python bench/gate_fits.py --model bench/work/second_pass_finetuned/self-supervised.onnx --per-query bench/results/second_pass_queries_finetuned.json --out bench/results/gate_fits.json
+	$(BIN)/python bench/second_pass_choices.py --model base --out bench/results/second_pass_choices_base.json
+	$(BIN)/python bench/second_pass_choices.py --model bench/work/second_pass_finetuned/self-supervised.onnx --out bench/results/second_pass_choices_finetuned.json
 
 # Where a 2 MP query's time goes in-process, and how steady the encoder is on this machine (~1.5 min).
 bench-breakdown: install
